@@ -1,0 +1,180 @@
+"""virtio-gpio device: requestq and eventq glue between the virtio core and the controller.
+
+Queue 0 is the requestq, queue 1 the eventq (virtio 1.3, 5.17.2). The per-line rules live in
+:class:`~vfio_virtio.gpio.controller.GpioController`; this module only moves bytes between
+descriptor chains and the controller, and completes eventq buffers the controller hands back.
+Malformed chains are completed (with ERR / INVALID where a status fits, else used length 0)
+and the rest of the batch carries on.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..virtio.core import VirtioCore
+from ..virtio.queue import Chain
+from . import spec as S
+from .controller import GpioController, decode_irq_request
+
+log = logging.getLogger(__name__)
+
+REQUESTQ, EVENTQ = 0, 1
+MAX_REQUEST_READ = 64          # more than any valid request: an oversize one is seen as such
+BATCH = 64
+
+# Reset reasons after which line state (directions, driven values) survives.
+_KEEP_LINES = {"driver", "device-idle"}
+
+
+class VirtioGpioDevice:
+    """The device side of virtio-gpio (VirtioDevice protocol of ``virtio.core``)."""
+
+    device_id = S.VIRTIO_ID_GPIO
+    num_queues = 2
+
+    def __init__(self, controller: GpioController, queue_max_size: int = 256,
+                 keep_lines_on_disconnect: bool = True) -> None:
+        self.ctl = controller
+        self.queue_max_size = queue_max_size
+        self.keep_lines_on_disconnect = keep_lines_on_disconnect
+        self.core: VirtioCore | None = None
+        self.stats = {"requests": 0, "errors": 0, "events": 0, "malformed": 0}
+        self._pend: list[tuple[int, int]] = []     # eventq used entries not yet pushed
+
+    # --- VirtioDevice ---------------------------------------------------------------------
+
+    def attach(self, core: VirtioCore) -> None:
+        self.core = core
+
+    def device_features(self) -> int:
+        return 1 << S.VIRTIO_GPIO_F_IRQ
+
+    def config_read(self, offset: int, count: int) -> bytes:
+        cfg = self.ctl.config_bytes()
+        return (cfg[offset:offset + count] if offset < len(cfg) else b"").ljust(count, b"\0")
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        log.debug("write to read-only gpio config at %#x ignored", offset)
+
+    def start(self) -> None:
+        self.ctl.irq_feature = self.core.has(S.VIRTIO_GPIO_F_IRQ)
+        self._complete(self.ctl.set_delivery(True))
+        self.queue_notify(REQUESTQ)
+        self.queue_notify(EVENTQ)
+
+    def quiesce(self) -> None:
+        self._complete(self.ctl.set_delivery(False))
+
+    def resume(self) -> None:
+        self._complete(self.ctl.set_delivery(True))
+        for q in (REQUESTQ, EVENTQ):        # buffers the driver added meanwhile
+            self.queue_notify(q)
+
+    def reset(self, reason: str) -> None:
+        keep = reason in _KEEP_LINES or (reason == "lost-connection"
+                                         and self.keep_lines_on_disconnect)
+        dropped = self.ctl.reset(keep_lines=keep)
+        log.info("gpio reset (%s): lines %s, %d event buffers dropped", reason,
+                 "kept" if keep else "reset", len(dropped))
+
+    def queue_reset(self, index: int) -> None:
+        if index == EVENTQ:
+            # Held buffers belong to the ring being reset; interrupt config stays.
+            for g in self.ctl.held_lines():
+                self.ctl.release_held(g)
+
+    def on_dma_change(self) -> None:
+        pass                                 # chains check the DMA generation themselves
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def queue_notify(self, index: int) -> None:
+        core = self.core
+        if core is None or not core.running or not core.queue_ready(index):
+            return
+        q = core.queues[index]
+        while True:
+            chains = q.pop_batch(BATCH)
+            if index == REQUESTQ:
+                done = [self._request(c) for c in chains]
+                q.push_batch(done)
+            else:
+                for c in chains:
+                    self._complete(self._event_buffer(c), push=False)
+                self._flush_events()
+            if not core.check_queue(index):
+                return
+            if chains and index == REQUESTQ:
+                core.interrupt_queue(REQUESTQ)
+                self._complete(self.ctl.take_completions())
+            if len(chains) < BATCH:
+                return
+
+    def _request(self, c: Chain) -> tuple[int, int]:
+        self.stats["requests"] += 1
+        try:
+            if c.error:
+                self.stats["malformed"] += 1
+                resp = bytes([S.VIRTIO_GPIO_STATUS_ERR, 0])[:min(c.writable_len, 2)]
+            else:
+                resp = self.ctl.handle(c.read(MAX_REQUEST_READ), c.writable_len)
+            if resp[:1] != b"\x00":
+                self.stats["errors"] += 1
+            return c.head, c.write(resp)
+        except OSError as e:                  # guest memory went away under us
+            log.warning("requestq chain %d: %s", c.head, e)
+            return c.head, 0
+
+    def _event_buffer(self, c: Chain) -> list[tuple[Any, int]]:
+        if c.error:
+            self.stats["malformed"] += 1
+            return [(c, S.VIRTIO_GPIO_IRQ_STATUS_INVALID)]
+        try:
+            gpio = decode_irq_request(c.read(MAX_REQUEST_READ), c.writable_len)
+        except OSError:
+            gpio = None
+        return self.ctl.queue_irq(gpio, c)
+
+    def _complete(self, completions: list[tuple[Any, int]], push: bool = True) -> None:
+        """Write each eventq completion's status and queue its used entry."""
+        if not completions:
+            return
+        pend = self._pend
+        for chain, status in completions:
+            try:
+                n = chain.write(bytes([status])) if chain.writable_len >= 1 else 0
+            except OSError as e:
+                log.warning("eventq chain %d: %s", chain.head, e)
+                n = 0
+            if status == S.VIRTIO_GPIO_IRQ_STATUS_VALID:
+                self.stats["events"] += 1
+            pend.append((chain.head, n))
+        if push:
+            self._flush_events()
+
+    def _flush_events(self) -> None:
+        pend, core = self._pend, self.core
+        if not pend or core is None:
+            return
+        self._pend = []
+        if not core.queue_ready(EVENTQ) or core.queues[EVENTQ].broken:
+            return
+        core.queues[EVENTQ].push_batch(pend)
+        core.interrupt_queue(EVENTQ)
+
+    def on_backend_events(self) -> None:
+        """The backend's fd is readable: input changes to latch or deliver."""
+        self._complete(self.ctl.process_events())
+
+    # --- snapshot -------------------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        held = {}
+        for g in self.ctl.held_lines():
+            held[str(g)] = self.ctl.held_token(g).head
+        return {"controller": self.ctl.snapshot(), "held_heads": held}
+
+    def set_state(self, d: dict) -> None:
+        q = self.core.queues[EVENTQ]
+        tokens = {int(g): q.chain_at(int(h)) for g, h in d.get("held_heads", {}).items()}
+        self._complete(self.ctl.restore(d["controller"], tokens), push=False)

@@ -1,0 +1,247 @@
+"""The PCI function: config space, capabilities, BARs, interrupts, DMA, resets.
+
+Owns one libvfio-user context. Knows nothing of virtio: the layer above registers BAR handlers
+and vendor capabilities, and listens for power-state changes and resets (``FunctionListener``).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..dma import DmaTable
+from ..vfu import context as vfu
+from . import spec as S
+from .pm import PowerManagement
+
+log = logging.getLogger(__name__)
+
+
+class FunctionListener(Protocol):
+    """What the PCI function tells the layer above it."""
+
+    def on_power_state(self, old: int, new: int) -> None: ...
+    def soft_reset(self, reason: str) -> None: ...
+    def on_dma_change(self) -> None: ...
+
+
+class BarHandler(Protocol):
+    def read(self, offset: int, count: int) -> bytes: ...
+    def write(self, offset: int, data: bytes) -> None: ...
+
+
+@dataclass
+class PciIds:
+    vendor: int
+    device: int
+    subsys_vendor: int
+    subsys: int
+    revision: int
+    class_code: tuple[int, int, int]
+
+
+class _GatedBar:
+    """BAR accesses pass only while the function decodes memory (D0); in D3hot a read
+    returns all ones and a write is dropped, as a function in D3hot answers (PCI PM 1.2, 5.3)."""
+
+    def __init__(self, fn: "PciFunction", idx: int, handler: BarHandler) -> None:
+        self.fn, self.idx, self.handler = fn, idx, handler
+
+    def read(self, offset: int, count: int) -> bytes:
+        if not self.fn.pm.decodes_bars:
+            return b"\xff" * count
+        self.fn.pm.note_activity()
+        return self.handler.read(offset, count)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if not self.fn.pm.decodes_bars:
+            log.debug("BAR%d write at %#x dropped in D3hot", self.idx, offset)
+            return
+        self.fn.pm.note_activity()
+        self.handler.write(offset, data)
+
+
+class _ZeroBar:
+    """The MSI-X table/PBA BAR: the client (QEMU) emulates the table; direct access reads 0."""
+
+    def read(self, offset: int, count: int) -> bytes:
+        return bytes(count)
+
+    def write(self, offset: int, data: bytes) -> None:
+        pass
+
+
+class PciFunction:
+    """A PCI Express endpoint served over vfio-user."""
+
+    MSIX_BAR = 1
+    MSIX_BAR_SIZE = 0x1000
+    MSIX_PBA_OFFSET = 0x800
+
+    def __init__(self, socket_path: str, ids: PciIds, pm: PowerManagement,
+                 msix_vectors: int, dma: DmaTable | None = None) -> None:
+        if not 1 <= msix_vectors <= 128:
+            raise ValueError(f"msix_vectors must be 1..128, not {msix_vectors}")
+        self.ids = ids
+        self.pm = pm
+        self.msix_vectors = msix_vectors
+        self.dma = dma if dma is not None else DmaTable()
+        self.listener: FunctionListener | None = None
+        self._cb_caps: list[tuple[int, int, BarHandler]] = []   # (offset, size, handler)
+        self.ctx = vfu.Context(socket_path)
+        ctx = self.ctx
+        ctx.pci_init(express=True)
+        ctx.set_ids(ids.vendor, ids.device, ids.subsys_vendor, ids.subsys)
+        ctx.set_class(*ids.class_code)
+        self.cfg = ctx.config_view(S.PCI_CFG_SPACE_EXP_SIZE)
+        self.cfg[S.PCI_REVISION_ID] = ids.revision
+        self.cfg[S.PCI_INTERRUPT_PIN] = 1          # INTA#, the fallback when MSI-X is off
+        # Config callback first, so capabilities can route to it (NOTES: libvfio-user).
+        ctx.setup_region(vfu.CFG, S.PCI_CFG_SPACE_EXP_SIZE, _ConfigHandler(self), vfu.REGION_RW)
+        pm.offset = ctx.add_capability(pm.cap_bytes(), flags=vfu.CAP_CALLBACK)
+        self._msix_off = ctx.add_capability(self._msix_cap())
+        ctx.add_capability(self._express_cap())
+        ctx.setup_region(vfu.BAR0 + self.MSIX_BAR, self.MSIX_BAR_SIZE, _ZeroBar(),
+                         vfu.REGION_RW | vfu.REGION_MEM)
+        ctx.setup_irqs(vfu.IRQ_INTX, 1)
+        ctx.setup_irqs(vfu.IRQ_MSIX, msix_vectors)
+        ctx.setup_reset(self._on_reset)
+        ctx.setup_dma(self._on_dma)
+        pm.listener = self
+
+    # --- building -------------------------------------------------------------------------
+
+    def _msix_cap(self) -> bytes:
+        ctrl = (self.msix_vectors - 1) & S.PCI_MSIX_FLAGS_QSIZE
+        return struct.pack("<BBHII", S.PCI_CAP_ID_MSIX, 0, ctrl, self.MSIX_BAR,
+                           self.MSIX_PBA_OFFSET | self.MSIX_BAR)
+
+    @staticmethod
+    def _express_cap() -> bytes:
+        cap = bytearray(S.PCI_CAP_EXP_ENDPOINT_SIZEOF_V2)
+        struct.pack_into("<BBH", cap, 0, S.PCI_CAP_ID_EXP, 0,
+                         S.PCI_EXP_FLAGS_VERS2 | (S.PCI_EXP_TYPE_ENDPOINT << 4))
+        struct.pack_into("<I", cap, 0x0C, 0x11)     # LinkCap: 2.5 GT/s, x1
+        struct.pack_into("<H", cap, 0x12, 0x11)     # LinkSta: 2.5 GT/s, x1
+        return bytes(cap)
+
+    def add_bar(self, idx: int, size: int, handler: BarHandler) -> None:
+        """A 32-bit memory BAR (size a power of two >= 4 KiB) served by ``handler``."""
+        if idx == self.MSIX_BAR or not 0 <= idx <= 5:
+            raise ValueError(f"BAR{idx} is not available")
+        self.ctx.setup_region(vfu.BAR0 + idx, size, _GatedBar(self, idx, handler),
+                              vfu.REGION_RW | vfu.REGION_MEM)
+
+    def add_vendor_cap(self, data: bytes, handler: BarHandler | None = None) -> int:
+        """A vendor-specific capability; read-only unless ``handler`` takes its accesses."""
+        if handler is None:
+            return self.ctx.add_capability(data, flags=vfu.CAP_READONLY)
+        off = self.ctx.add_capability(data, flags=vfu.CAP_CALLBACK)
+        self._cb_caps.append((off, len(data), handler))
+        return off
+
+    def realize(self) -> None:
+        self.ctx.realize()
+
+    # --- interrupts -----------------------------------------------------------------------
+
+    @property
+    def msix_enabled(self) -> bool:
+        ctrl = struct.unpack_from("<H", self.cfg, self._msix_off + S.PCI_MSIX_FLAGS)[0]
+        return bool(ctrl & S.PCI_MSIX_FLAGS_ENABLE)
+
+    @property
+    def intx_disabled(self) -> bool:
+        cmd = struct.unpack_from("<H", self.cfg, S.PCI_COMMAND)[0]
+        return bool(cmd & S.PCI_COMMAND_INTX_DISABLE)
+
+    def trigger_msix(self, vector: int) -> bool:
+        """Signal MSI-X ``vector``; False when not deliverable (D3hot, MSI-X off, no eventfd)."""
+        if not self.pm.decodes_bars or not self.msix_enabled:
+            return False
+        if not 0 <= vector < self.msix_vectors:
+            return False
+        return self.ctx.irq_trigger(vector)
+
+    def trigger_intx(self) -> bool:
+        """Assert INTx (an eventfd edge; the client re-asserts until the ISR is read)."""
+        if not self.pm.decodes_bars or self.msix_enabled or self.intx_disabled:
+            return False
+        return self.ctx.irq_trigger(0)
+
+    # --- callbacks from libvfio-user / PM -------------------------------------------------
+
+    def on_power_state(self, old: int, new: int) -> None:
+        if self.listener is not None:
+            self.listener.on_power_state(old, new)
+
+    def soft_reset(self, reason: str) -> None:
+        if self.listener is not None:
+            self.listener.soft_reset(reason)
+
+    def _on_reset(self, kind: int) -> None:
+        name = vfu.RESET_NAMES.get(kind, str(kind))
+        if kind == vfu.RESET_DEVICE and self.pm.keeps_state_on_device_reset():
+            log.info("device reset while waking from D3hot with No_Soft_Reset: state kept")
+            self.pm.wake_to_d0(self.cfg)
+            return
+        log.info("function reset: %s", name)
+        self.pm.reset(self.cfg)
+        if kind == vfu.RESET_LOST_CONN:
+            self.dma.clear()
+        self.soft_reset(name)
+
+    def _on_dma(self, mapped: bool, iova: int, length: int, vaddr: int, prot: int) -> None:
+        if mapped:
+            if vaddr == 0:
+                log.warning("DMA map iova=%#x len=%#x has no fd: not accessible (guest RAM "
+                            "must be shared: memory-backend-memfd,share=on)", iova, length)
+                return
+            self.dma.add(iova, length, vaddr, prot)
+        else:
+            self.dma.remove(iova, length)
+        if self.listener is not None:
+            self.listener.on_dma_change()
+
+
+class _ConfigHandler:
+    """Config-space accesses the library hands us: the PM capability, callback vendor caps,
+    and everything outside the header and library-handled capabilities."""
+
+    def __init__(self, fn: PciFunction) -> None:
+        self.fn = fn
+
+    def _route(self, offset: int, count: int):
+        pm = self.fn.pm
+        if pm.offset and pm.offset <= offset < pm.offset + S.PCI_PM_SIZEOF:
+            return "pm", None
+        for off, size, handler in self.fn._cb_caps:
+            if off <= offset < off + size:
+                return "cap", (off, handler)
+        return None, None
+
+    def read(self, offset: int, count: int) -> bytes:
+        if offset < 0 or offset + count > S.PCI_CFG_SPACE_EXP_SIZE:
+            raise OSError(errno.EINVAL, "config read out of range")
+        kind, extra = self._route(offset, count)
+        if kind == "pm":
+            return self.fn.pm.read(offset, count, self.fn.cfg)
+        if kind == "cap":
+            off, handler = extra
+            return handler.read(offset - off, count)
+        return bytes(self.fn.cfg[offset:offset + count])
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > S.PCI_CFG_SPACE_EXP_SIZE:
+            raise OSError(errno.EINVAL, "config write out of range")
+        kind, extra = self._route(offset, len(data))
+        if kind == "pm":
+            self.fn.pm.write(offset, data, self.fn.cfg)
+        elif kind == "cap":
+            off, handler = extra
+            handler.write(offset - off, data)
+        else:
+            log.debug("config write at %#x (%d bytes) to read-only space ignored",
+                      offset, len(data))

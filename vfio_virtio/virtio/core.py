@@ -1,0 +1,249 @@
+"""Transport-agnostic virtio device core: features, status, queues, config, reset, suspend.
+
+A front end (virtio-pci modern in ``pci_transport.py``) maps registers onto these methods and
+supplies interrupt delivery through :class:`Interrupts`. The device (e.g. virtio-gpio) plugs in
+through :class:`VirtioDevice`. Knows no PCI and no GPIO.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ..dma import DmaTable
+from . import spec as V
+from .queue import Virtqueue
+
+log = logging.getLogger(__name__)
+
+TRANSPORT_FEATURES = (V.bit(V.VIRTIO_F_VERSION_1) | V.bit(V.VIRTIO_F_EVENT_IDX)
+                      | V.bit(V.VIRTIO_F_INDIRECT_DESC) | V.bit(V.VIRTIO_F_RING_RESET)
+                      | V.bit(V.VIRTIO_F_ACCESS_PLATFORM) | V.bit(V.VIRTIO_F_SUSPEND))
+
+
+class VirtioDevice(Protocol):
+    """What a device type provides to the core."""
+
+    device_id: int
+    num_queues: int
+    queue_max_size: int
+
+    def device_features(self) -> int: ...
+    def config_read(self, offset: int, count: int) -> bytes: ...
+    def config_write(self, offset: int, data: bytes) -> None: ...
+    def attach(self, core: "VirtioCore") -> None: ...
+    def start(self) -> None: ...                     # DRIVER_OK: queues are live
+    def queue_notify(self, index: int) -> None: ...  # the driver kicked queue ``index``
+    def quiesce(self) -> None: ...                   # stop processing (D3hot, SUSPEND)
+    def resume(self) -> None: ...                    # process again, deliver what waited
+    def reset(self, reason: str) -> None: ...        # virtio reset: drop held buffers
+    def queue_reset(self, index: int) -> None: ...   # one queue reset (RING_RESET)
+    def get_state(self) -> dict: ...
+    def set_state(self, d: dict) -> None: ...
+
+
+class Interrupts(Protocol):
+    """Interrupt delivery, supplied by the front end."""
+
+    def queue_interrupt(self, index: int) -> None: ...
+    def config_interrupt(self) -> None: ...
+
+
+class VirtioCore:
+    """Status state machine and feature negotiation (virtio 1.3, 2.1-2.2, 3.1), queues."""
+
+    def __init__(self, device: VirtioDevice, dma: DmaTable, ring_impl: str | None = None,
+                 offer_suspend: bool = True) -> None:
+        self.device = device
+        self.dma = dma
+        self.irq: Interrupts | None = None
+        feats = TRANSPORT_FEATURES | device.device_features()
+        if not offer_suspend:
+            feats &= ~V.bit(V.VIRTIO_F_SUSPEND)
+        self.device_features = feats
+        self.queues = [Virtqueue(i, dma, max_size=device.queue_max_size, impl=ring_impl)
+                       for i in range(device.num_queues)]
+        self.status = 0
+        self.driver_features = 0
+        self.config_generation = 0
+        self.powered = True          # False while the function is in D3hot
+        self.failed_reason = ""
+        device.attach(self)
+
+    # --- features -------------------------------------------------------------------------
+
+    def has(self, feature_bit: int) -> bool:
+        return bool(self.driver_features >> feature_bit & 1)
+
+    def set_driver_features(self, value: int) -> None:
+        """Driver feature writes count only before FEATURES_OK (3.1.1 step 5)."""
+        if self.status & V.VIRTIO_CONFIG_S_FEATURES_OK:
+            log.warning("driver features written after FEATURES_OK: ignored")
+            return
+        self.driver_features = value & ((1 << 64) - 1)
+
+    def _features_acceptable(self) -> bool:
+        f = self.driver_features
+        if f & ~self.device_features:
+            log.warning("driver accepted features the device did not offer: %#x",
+                        f & ~self.device_features)
+            return False
+        if not f >> V.VIRTIO_F_VERSION_1 & 1:
+            log.warning("driver did not accept VIRTIO_F_VERSION_1 (legacy is not offered)")
+            return False
+        return True
+
+    # --- status ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Queues are processed and interrupts raised only in this state."""
+        s = self.status
+        return (bool(s & V.VIRTIO_CONFIG_S_DRIVER_OK) and self.powered
+                and not s & (V.VIRTIO_CONFIG_S_SUSPEND | V.VIRTIO_CONFIG_S_FAILED
+                             | V.VIRTIO_CONFIG_S_NEEDS_RESET))
+
+    def write_status(self, value: int) -> None:
+        """The driver wrote the device status field."""
+        value &= 0xFF
+        old = self.status
+        if value == 0:
+            self.reset("driver")
+            return
+        if value & V.VIRTIO_CONFIG_S_FAILED and not old & V.VIRTIO_CONFIG_S_FAILED:
+            log.warning("driver set FAILED")
+            self.status |= V.VIRTIO_CONFIG_S_FAILED
+            self.device.quiesce()
+            return
+        if self._suspend_transition(old, value):
+            return
+        # The driver MUST NOT clear a status bit (2.1.2); a write that tries is ignored for
+        # those bits. NEEDS_RESET is the device's bit: the driver cannot set it.
+        value &= ~V.VIRTIO_CONFIG_S_NEEDS_RESET
+        cleared = old & ~value & ~V.VIRTIO_CONFIG_S_NEEDS_RESET & ~V.VIRTIO_CONFIG_S_SUSPEND
+        if cleared:
+            log.warning("driver tried to clear status bits %#x: ignored", cleared)
+        new = old | value
+        if new & V.VIRTIO_CONFIG_S_FEATURES_OK and not old & V.VIRTIO_CONFIG_S_FEATURES_OK:
+            if not self._features_acceptable():
+                new &= ~V.VIRTIO_CONFIG_S_FEATURES_OK     # 2.2.2: FEATURES_OK not set
+        if new & V.VIRTIO_CONFIG_S_DRIVER_OK and not old & V.VIRTIO_CONFIG_S_DRIVER_OK:
+            if not new & V.VIRTIO_CONFIG_S_FEATURES_OK:
+                log.warning("DRIVER_OK without FEATURES_OK: ignored")
+                new &= ~V.VIRTIO_CONFIG_S_DRIVER_OK
+        self.status = new | (old & V.VIRTIO_CONFIG_S_NEEDS_RESET)
+        if self.status & V.VIRTIO_CONFIG_S_DRIVER_OK and not old & V.VIRTIO_CONFIG_S_DRIVER_OK:
+            self._start()
+
+    def _suspend_transition(self, old: int, value: int) -> bool:
+        """VIRTIO_F_SUSPEND (virtio 1.4): SUSPEND quiesces and reads back with DRIVER_OK
+        clear; DRIVER_OK clears SUSPEND and resumes. Returns True when handled."""
+        if not self.has(V.VIRTIO_F_SUSPEND):
+            return False
+        suspended = bool(old & V.VIRTIO_CONFIG_S_SUSPEND)
+        if not suspended and value & V.VIRTIO_CONFIG_S_SUSPEND:
+            if not old & V.VIRTIO_CONFIG_S_DRIVER_OK:
+                log.warning("SUSPEND before DRIVER_OK: ignored")
+                return True
+            self.device.quiesce()
+            self.status = (old | V.VIRTIO_CONFIG_S_SUSPEND) & ~V.VIRTIO_CONFIG_S_DRIVER_OK
+            log.info("suspended (VIRTIO_F_SUSPEND)")
+            return True
+        if suspended and value & V.VIRTIO_CONFIG_S_DRIVER_OK:
+            self.status = (old | V.VIRTIO_CONFIG_S_DRIVER_OK) & ~V.VIRTIO_CONFIG_S_SUSPEND
+            log.info("resumed from SUSPEND")
+            if self.running:
+                self.device.resume()
+            return True
+        if suspended:
+            return True            # nothing else changes while suspended
+        return False
+
+    def _start(self) -> None:
+        for q in self.queues:
+            q.event_idx = self.has(V.VIRTIO_F_EVENT_IDX)
+            q.indirect = self.has(V.VIRTIO_F_INDIRECT_DESC)
+        log.info("DRIVER_OK: features %#x", self.driver_features)
+        self.device.start()
+
+    def needs_reset(self, reason: str) -> None:
+        """Unrecoverable driver error: set DEVICE_NEEDS_RESET and tell the driver (2.1.1)."""
+        if self.status & V.VIRTIO_CONFIG_S_NEEDS_RESET:
+            return
+        log.warning("DEVICE_NEEDS_RESET: %s", reason)
+        self.failed_reason = reason
+        self.status |= V.VIRTIO_CONFIG_S_NEEDS_RESET
+        self.device.quiesce()
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if self.irq is not None and self.status & V.VIRTIO_CONFIG_S_DRIVER_OK:
+            self.irq.config_interrupt()
+
+    def reset(self, reason: str) -> None:
+        """Device reset (writing 0 to status, or any function reset). Synchronous: status
+        reads back 0 as soon as this returns (4.1.4.3.1)."""
+        log.info("virtio reset (%s)", reason)
+        self.device.reset(reason)
+        for q in self.queues:
+            q.reset()
+        self.status = 0
+        self.driver_features = 0
+        self.failed_reason = ""
+
+    # --- queues ---------------------------------------------------------------------------
+
+    def queue_ready(self, index: int) -> bool:
+        return 0 <= index < len(self.queues) and self.queues[index].enabled
+
+    def kick(self, index: int) -> None:
+        """A driver notification for queue ``index`` (ignored unless running)."""
+        if not 0 <= index < len(self.queues):
+            log.debug("notify for nonexistent queue %d ignored", index)
+            return
+        if self.running and self.queues[index].enabled:
+            self.device.queue_notify(index)
+
+    def interrupt_queue(self, index: int) -> None:
+        """Used buffers were added: raise the queue's interrupt if the ring asks for it."""
+        q = self.queues[index]
+        if self.running and q.needs_notify() and self.irq is not None:
+            self.irq.queue_interrupt(index)
+
+    def check_queue(self, index: int) -> bool:
+        """After ring work: a broken ring puts the device in DEVICE_NEEDS_RESET."""
+        q = self.queues[index]
+        if q.broken:
+            self.needs_reset(f"queue {index} broken (reason {q.broken})")
+            return False
+        return True
+
+    def reset_queue(self, index: int) -> None:
+        """VIRTIO_F_RING_RESET: reset one queue (4.1.4.3.2)."""
+        self.device.queue_reset(index)
+        self.queues[index].reset()
+
+    # --- power ----------------------------------------------------------------------------
+
+    def set_powered(self, on: bool) -> None:
+        """The function entered D3hot (False) or came back to D0 with state kept (True)."""
+        was = self.running
+        self.powered = on
+        if was and not self.running:
+            self.device.quiesce()
+        elif not was and self.running:
+            self.device.resume()
+
+    def get_state(self) -> dict:
+        return {"status": self.status, "driver_features": self.driver_features,
+                "config_generation": self.config_generation,
+                "queues": [q.get_state() for q in self.queues],
+                "device": self.device.get_state()}
+
+    def set_state(self, d: dict) -> None:
+        self.status = int(d["status"]) & 0xFF
+        self.driver_features = int(d["driver_features"]) & self.device_features
+        self.config_generation = int(d["config_generation"]) & 0xFF
+        qs = d["queues"]
+        if len(qs) != len(self.queues):
+            raise ValueError(f"snapshot has {len(qs)} queues, device has {len(self.queues)}")
+        for q, qd in zip(self.queues, qs):
+            q.set_state(qd)
+        self.device.set_state(d["device"])

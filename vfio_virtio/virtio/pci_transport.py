@@ -1,0 +1,384 @@
+"""virtio-pci modern front end (virtio 1.3, section 4.1).
+
+One region table {cfg_type, offset, size} produces the BAR0 layout, the BAR access dispatch
+and the vendor capability list. Common configuration, ISR, device configuration and notify
+live in BAR0; the PCI_CFG capability is a window into BAR0 through config space (4.1.4.9).
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from ..pci import spec as P
+from ..pci.function import PciFunction
+from . import spec as V
+from .core import VirtioCore
+
+log = logging.getLogger(__name__)
+
+BAR = 0
+BAR_SIZE = 0x4000
+SLOT = 0x1000
+NOTIFY_OFF_MULTIPLIER = 4
+
+
+@dataclass(frozen=True)
+class Region:
+    cfg_type: int
+    offset: int
+    size: int
+
+
+def region_table(device_cfg_size: int, num_queues: int) -> list[Region]:
+    """The BAR0 layout: one 4 KiB slot per structure."""
+    return [
+        Region(V.VIRTIO_PCI_CAP_COMMON_CFG, 0 * SLOT, V.VIRTIO_PCI_COMMON_CFG_LEN),
+        Region(V.VIRTIO_PCI_CAP_ISR_CFG, 1 * SLOT, 1),
+        Region(V.VIRTIO_PCI_CAP_DEVICE_CFG, 2 * SLOT, max(device_cfg_size, 1)),
+        Region(V.VIRTIO_PCI_CAP_NOTIFY_CFG, 3 * SLOT, num_queues * NOTIFY_OFF_MULTIPLIER),
+    ]
+
+
+def vendor_cap(r: Region) -> bytes:
+    """struct virtio_pci_cap (+ notify_off_multiplier for NOTIFY_CFG), 4.1.4."""
+    length = V.VIRTIO_PCI_NOTIFY_CAP_LEN if r.cfg_type == V.VIRTIO_PCI_CAP_NOTIFY_CFG \
+        else V.VIRTIO_PCI_CAP_LEN
+    cap = struct.pack("<BBBBBBxxII", P.PCI_CAP_ID_VNDR, 0, length, r.cfg_type, BAR, 0,
+                      r.offset, r.size)
+    if r.cfg_type == V.VIRTIO_PCI_CAP_NOTIFY_CFG:
+        cap += struct.pack("<I", NOTIFY_OFF_MULTIPLIER)
+    return cap
+
+
+class _Field:
+    __slots__ = ("size", "get", "set")
+
+    def __init__(self, size: int, get: Callable[[], int], set: Callable[[int], None] | None):
+        self.size, self.get, self.set = size, get, set
+
+
+class VirtioPciTransport:
+    """Binds a :class:`VirtioCore` to a :class:`PciFunction`."""
+
+    def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int) -> None:
+        self.fn, self.core = fn, core
+        self.regions = region_table(device_cfg_size, len(core.queues))
+        self._handlers = {
+            V.VIRTIO_PCI_CAP_COMMON_CFG: (self._common_read, self._common_write),
+            V.VIRTIO_PCI_CAP_ISR_CFG: (self._isr_read, self._ignore_write),
+            V.VIRTIO_PCI_CAP_DEVICE_CFG: (self._devcfg_read, self._devcfg_write),
+            V.VIRTIO_PCI_CAP_NOTIFY_CFG: (self._notify_read, self._notify_write),
+        }
+        self.isr = 0
+        self.touched = False           # the current client drove the device since reset
+        self._reset_regs()
+        self._fields = self._common_fields()
+        fn.add_bar(BAR, BAR_SIZE, self)
+        for r in self.regions:
+            fn.add_vendor_cap(vendor_cap(r))
+        self._pci_cfg = bytearray(V.VIRTIO_PCI_CFG_CAP_LEN)
+        self._pci_cfg[:V.VIRTIO_PCI_CAP_LEN] = struct.pack(
+            "<BBBBBBxxII", P.PCI_CAP_ID_VNDR, 0, V.VIRTIO_PCI_CFG_CAP_LEN,
+            V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
+        self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=_PciCfgWindow(self))
+        core.irq = self
+        fn.listener = self
+
+    def _reset_regs(self) -> None:
+        self.dfselect = 0
+        self.gfselect = 0
+        self.queue_select = 0
+        self.config_vector = V.VIRTIO_MSI_NO_VECTOR
+        self.queue_vectors = [V.VIRTIO_MSI_NO_VECTOR] * len(self.core.queues)
+        self.queue_reset_pending = [False] * len(self.core.queues)
+        self.isr = 0
+
+    # --- BAR0 dispatch (the PciFunction gates it by power state) --------------------------
+
+    def _find(self, offset: int):
+        for r in self.regions:
+            if r.offset <= offset < r.offset + SLOT:
+                return r
+        return None
+
+    def read(self, offset: int, count: int) -> bytes:
+        r = self._find(offset)
+        if r is None or offset + count > r.offset + SLOT:
+            return bytes(count)
+        return self._handlers[r.cfg_type][0](offset - r.offset, count)
+
+    def write(self, offset: int, data: bytes) -> None:
+        r = self._find(offset)
+        if r is None or offset + len(data) > r.offset + SLOT:
+            log.debug("BAR0 write at %#x outside the register map ignored", offset)
+            return
+        self._handlers[r.cfg_type][1](offset - r.offset, data)
+
+    @staticmethod
+    def _ignore_write(offset: int, data: bytes) -> None:
+        log.debug("write to read-only virtio structure ignored")
+
+    # --- common configuration (4.1.4.3) ---------------------------------------------------
+
+    def _q(self):
+        sel = self.queue_select
+        return self.core.queues[sel] if sel < len(self.core.queues) else None
+
+    def _common_fields(self) -> dict[int, _Field]:
+        c = self.core
+        F = _Field
+        qget = lambda attr, dflt=0: (lambda: getattr(self._q(), attr) if self._q() else dflt)  # noqa: E731
+        return {
+            V.VIRTIO_PCI_COMMON_DFSELECT: F(4, lambda: self.dfselect, self._set_dfselect),
+            V.VIRTIO_PCI_COMMON_DF: F(4, self._get_df, None),
+            V.VIRTIO_PCI_COMMON_GFSELECT: F(4, lambda: self.gfselect, self._set_gfselect),
+            V.VIRTIO_PCI_COMMON_GF: F(4, self._get_gf, self._set_gf),
+            V.VIRTIO_PCI_COMMON_MSIX: F(2, lambda: self.config_vector, self._set_config_vector),
+            V.VIRTIO_PCI_COMMON_NUMQ: F(2, lambda: len(c.queues), None),
+            V.VIRTIO_PCI_COMMON_STATUS: F(1, lambda: c.status, self._set_status),
+            V.VIRTIO_PCI_COMMON_CFGGENERATION: F(1, lambda: c.config_generation, None),
+            V.VIRTIO_PCI_COMMON_Q_SELECT: F(2, lambda: self.queue_select, self._set_qsel),
+            V.VIRTIO_PCI_COMMON_Q_SIZE: F(2, qget("size"), self._set_qsize),
+            V.VIRTIO_PCI_COMMON_Q_MSIX: F(2, self._get_qvec, self._set_qvec),
+            V.VIRTIO_PCI_COMMON_Q_ENABLE: F(2, lambda: int(bool(self._q() and self._q().enabled)),
+                                           self._set_qenable),
+            V.VIRTIO_PCI_COMMON_Q_NOFF: F(2, lambda: self.queue_select if self._q() else 0, None),
+            V.VIRTIO_PCI_COMMON_Q_DESCLO: F(8, qget("desc_addr"), lambda v: self._set_qaddr("desc_addr", v)),
+            V.VIRTIO_PCI_COMMON_Q_AVAILLO: F(8, qget("driver_addr"), lambda v: self._set_qaddr("driver_addr", v)),
+            V.VIRTIO_PCI_COMMON_Q_USEDLO: F(8, qget("device_addr"), lambda v: self._set_qaddr("device_addr", v)),
+            V.VIRTIO_PCI_COMMON_Q_NDATA: F(2, lambda: self.queue_select if self._q() else 0, None),
+            V.VIRTIO_PCI_COMMON_Q_RESET: F(2, self._get_qreset, self._set_qreset),
+            V.VIRTIO_PCI_COMMON_ADM_Q_IDX: F(2, lambda: 0, None),
+            V.VIRTIO_PCI_COMMON_ADM_Q_NUM: F(2, lambda: 0, None),
+        }
+
+    def _common_read(self, offset: int, count: int) -> bytes:
+        out = bytearray(count)
+        for foff, f in self._fields.items():
+            lo, hi = max(offset, foff), min(offset + count, foff + f.size)
+            if lo < hi:
+                val = f.get().to_bytes(f.size, "little")
+                out[lo - offset:hi - offset] = val[lo - foff:hi - foff]
+        return bytes(out)
+
+    def _common_write(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        for foff, f in self._fields.items():
+            lo, hi = max(offset, foff), min(end, foff + f.size)
+            if lo >= hi:
+                continue
+            if f.set is None:
+                log.debug("write to read-only common cfg field %#x ignored", foff)
+                continue
+            cur = bytearray(f.get().to_bytes(f.size, "little"))   # byte-enable merge
+            cur[lo - foff:hi - foff] = data[lo - offset:hi - offset]
+            f.set(int.from_bytes(cur, "little"))
+
+    def _set_dfselect(self, v: int) -> None:
+        self.dfselect = v
+
+    def _set_gfselect(self, v: int) -> None:
+        self.gfselect = v
+
+    def _get_df(self) -> int:
+        return (self.core.device_features >> (32 * self.dfselect)) & 0xFFFFFFFF \
+            if self.dfselect < 2 else 0
+
+    def _get_gf(self) -> int:
+        return (self.core.driver_features >> (32 * self.gfselect)) & 0xFFFFFFFF \
+            if self.gfselect < 2 else 0
+
+    def _set_gf(self, v: int) -> None:
+        if self.gfselect >= 2:
+            return                              # no feature bits above 63: writes ignored
+        shift = 32 * self.gfselect
+        f = self.core.driver_features & ~(0xFFFFFFFF << shift) | (v << shift)
+        self.core.set_driver_features(f)
+
+    def _valid_vector(self, v: int) -> int:
+        # 4.1.5.1.2: a vector the device cannot map reads back NO_VECTOR.
+        return v if v < self.fn.msix_vectors else V.VIRTIO_MSI_NO_VECTOR
+
+    def _set_config_vector(self, v: int) -> None:
+        self.config_vector = self._valid_vector(v)
+
+    def _set_status(self, v: int) -> None:
+        if v == 0:
+            self.soft_reset("driver")
+            return
+        self.touched = True
+        self.core.write_status(v)
+
+    def _set_qsel(self, v: int) -> None:
+        self.queue_select = v                   # out of range: queue_size reads 0 (4.1.4.3.2)
+
+    def _configurable(self) -> bool:
+        q = self._q()
+        if q is None or q.enabled:
+            log.debug("queue %d: configuration write ignored (absent or enabled)",
+                      self.queue_select)
+            return False
+        return True
+
+    def _set_qsize(self, v: int) -> None:
+        if not self._configurable():
+            return
+        q = self._q()
+        if v == 0 or v & (v - 1) or v > q.max_size:   # split ring: power of 2, <= max (2.7)
+            log.warning("queue %d: invalid size %d ignored", self.queue_select, v)
+            return
+        q.size = v
+
+    def _get_qvec(self) -> int:
+        return self.queue_vectors[self.queue_select] if self._q() else V.VIRTIO_MSI_NO_VECTOR
+
+    def _set_qvec(self, v: int) -> None:
+        if self._q():
+            self.queue_vectors[self.queue_select] = self._valid_vector(v)
+
+    def _set_qaddr(self, attr: str, v: int) -> None:
+        if self._configurable():
+            setattr(self._q(), attr, v)
+
+    def _set_qenable(self, v: int) -> None:
+        q = self._q()
+        if q is None or not v & 1:
+            return                              # writing 0 is forbidden to the driver
+        if q.enabled:
+            return
+        try:
+            q.enable()
+        except ValueError as e:
+            self.core.needs_reset(f"queue {self.queue_select}: {e}")
+            return
+        self.queue_reset_pending[self.queue_select] = False
+
+    def _get_qreset(self) -> int:
+        return int(self._q() is not None and self.queue_reset_pending[self.queue_select])
+
+    def _set_qreset(self, v: int) -> None:
+        if not v & 1 or self._q() is None or not self.core.has(V.VIRTIO_F_RING_RESET):
+            return
+        self.core.reset_queue(self.queue_select)
+        self.queue_vectors[self.queue_select] = V.VIRTIO_MSI_NO_VECTOR
+        self.queue_reset_pending[self.queue_select] = True
+
+    # --- ISR, device config, notify -------------------------------------------------------
+
+    def _isr_read(self, offset: int, count: int) -> bytes:
+        val, self.isr = self.isr, 0            # read-to-clear (4.1.4.5)
+        return bytes([val]) + bytes(count - 1) if offset == 0 else bytes(count)
+
+    def _devcfg_read(self, offset: int, count: int) -> bytes:
+        return self.core.device.config_read(offset, count)
+
+    def _devcfg_write(self, offset: int, data: bytes) -> None:
+        self.core.device.config_write(offset, data)
+
+    @staticmethod
+    def _notify_read(offset: int, count: int) -> bytes:
+        return bytes(count)
+
+    def _notify_write(self, offset: int, data: bytes) -> None:
+        # Each queue's notify address is queue_notify_off * multiplier; the value written is
+        # the queue index (no VIRTIO_F_NOTIFICATION_DATA). Trust the address, not the value.
+        self.core.kick(offset // NOTIFY_OFF_MULTIPLIER)
+
+    # --- Interrupts (core -> function) ----------------------------------------------------
+
+    def queue_interrupt(self, index: int) -> None:
+        if self.fn.msix_enabled:
+            vec = self.queue_vectors[index]
+            if vec != V.VIRTIO_MSI_NO_VECTOR:
+                self.fn.trigger_msix(vec)
+        else:
+            self.isr |= V.VIRTIO_PCI_ISR_QUEUE
+            self.fn.trigger_intx()
+
+    def config_interrupt(self) -> None:
+        self.isr |= V.VIRTIO_PCI_ISR_CONFIG
+        if self.fn.msix_enabled:
+            if self.config_vector != V.VIRTIO_MSI_NO_VECTOR:
+                self.fn.trigger_msix(self.config_vector)
+        else:
+            self.fn.trigger_intx()
+
+    # --- FunctionListener -----------------------------------------------------------------
+
+    def on_power_state(self, old: int, new: int) -> None:
+        self.core.set_powered(new == P.PCI_D0)
+
+    def soft_reset(self, reason: str) -> None:
+        """The one reset entry point of this layer (driver, device, flr, lost-connection,
+        pm-d3hot-d0). A device reset from a client that never drove the device (QEMU's reset
+        at machine start) is reported as 'device-idle' so line state can survive it."""
+        if reason == "device" and not self.touched:
+            reason = "device-idle"
+        self.core.reset(reason)
+        self._reset_regs()
+        if reason != "driver":
+            self.touched = False
+
+    def on_dma_change(self) -> None:
+        self.core.device.on_dma_change() if hasattr(self.core.device, "on_dma_change") else None
+
+    def get_state(self) -> dict:
+        return {"dfselect": self.dfselect, "gfselect": self.gfselect,
+                "queue_select": self.queue_select, "config_vector": self.config_vector,
+                "queue_vectors": list(self.queue_vectors), "isr": self.isr,
+                "touched": self.touched}
+
+    def set_state(self, d: dict) -> None:
+        self.dfselect = int(d["dfselect"]) & 0xFFFFFFFF
+        self.gfselect = int(d["gfselect"]) & 0xFFFFFFFF
+        self.queue_select = int(d["queue_select"]) & 0xFFFF
+        self.config_vector = self._valid_vector(int(d["config_vector"]) & 0xFFFF)
+        qv = [self._valid_vector(int(v) & 0xFFFF) for v in d["queue_vectors"]]
+        if len(qv) != len(self.queue_vectors):
+            raise ValueError("snapshot queue vector count does not match the device")
+        self.queue_vectors = qv
+        self.isr = int(d["isr"]) & 3
+        self.touched = bool(d.get("touched", True))
+
+
+class _PciCfgWindow:
+    """VIRTIO_PCI_CAP_PCI_CFG (4.1.4.9): cap.bar/offset/length select a BAR access that
+    pci_cfg_data performs. Invalid selections (other BAR, length not 1/2/4, misaligned,
+    beyond the BAR) make pci_cfg_data inert: reads 0, writes ignored."""
+
+    DATA = V.VIRTIO_PCI_CAP_LEN
+
+    def __init__(self, t: VirtioPciTransport) -> None:
+        self.t = t
+
+    def _target(self):
+        bar, = struct.unpack_from("<B", self.t._pci_cfg, 4)
+        off, length = struct.unpack_from("<II", self.t._pci_cfg, 8)
+        if bar != BAR or length not in (1, 2, 4) or off % length or off + length > BAR_SIZE:
+            return None
+        return off, length
+
+    def read(self, offset: int, count: int) -> bytes:
+        img = self.t._pci_cfg
+        if offset < self.DATA < offset + count or offset >= self.DATA:
+            tgt = self._target()
+            data = bytearray(4)
+            if tgt is not None:
+                data[:tgt[1]] = self.t.fn.ctx._regions[BAR].read(tgt[0], tgt[1])
+            img[self.DATA:self.DATA + 4] = data
+        return bytes(img[offset:offset + count])
+
+    def write(self, offset: int, data: bytes) -> None:
+        img = self.t._pci_cfg
+        for i, b in enumerate(data):
+            pos = offset + i
+            if 4 <= pos < self.DATA + 4 and not 5 <= pos < 8:   # bar, offset, length, data
+                img[pos] = b
+        if offset + len(data) > self.DATA:
+            tgt = self._target()
+            if tgt is not None:
+                self.t.fn.ctx._regions[BAR].write(tgt[0], bytes(img[self.DATA:self.DATA + tgt[1]]))
+        self.t.fn.cfg[self.t.pci_cfg_offset + 2:self.t.pci_cfg_offset + V.VIRTIO_PCI_CFG_CAP_LEN] = \
+            img[2:]
