@@ -114,10 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     try:
         server = GpioServer(cfg)
-    except (ServerError, ValueError) as e:
-        print(f"vfio-virtio-gpio: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
+    except ValueError as e:                  # a value the flags could not check alone
+        parser.error(str(e))
+    except (ServerError, OSError) as e:
         print(f"vfio-virtio-gpio: error: {e}", file=sys.stderr)
         return 1
     try:

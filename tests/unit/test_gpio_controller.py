@@ -487,3 +487,65 @@ def test_restore_rejects_malformed_snapshot_and_changes_nothing(dev, mutate):
     with pytest.raises(ValueError):
         dev.c.restore(snap, {})
     assert dev.c.snapshot() == before
+
+
+def test_release_held_masks_without_completing_and_keeps_latch(dev):
+    # eventq ring reset: the buffer is gone, the interrupt stays enabled and edges latch
+    dev.enable(2, RISING)
+    tok = object()
+    dev.c.queue_irq(2, tok)
+    assert dev.c.held_token(2) is tok
+    assert dev.c.release_held(2) is tok and dev.c.release_held(2) is None
+    with pytest.raises(KeyError):
+        dev.c.held_token(2)
+    dev.sim.set_input(2, 1)
+    assert dev.events() == []
+    tok2 = object()
+    assert dev.c.queue_irq(2, tok2) == [(tok2, VALID)]
+
+
+# ---- names (5.17.6.1: zero-terminated, unique, 7-bit ASCII) ------------------------------
+
+from vfio_virtio.gpio.names import (MAX_NAME_LEN, names_blob, parse_names_arg,  # noqa: E402
+                                    parse_names_file, sanitize_names)
+
+
+def test_names_arg_fewer_than_lines_pads_unnamed():
+    assert parse_names_arg("a,,c", 5) == ["a", "", "c", "", ""]
+    assert names_blob(parse_names_arg("a,,c", 4)) == b"a\0\0c\0\0"
+    assert names_blob(parse_names_arg(",,", 4)) == b""  # no names at all: size 0
+
+
+@pytest.mark.parametrize("arg,lines,msg", [
+    ("a,b,c", 2, "3 names given for 2 lines"),
+    ("a,\u00e9", 2, "7-bit ASCII"),
+    ("a,b\x00c", 2, "7-bit ASCII"),
+    ("a,b\tc", 2, "7-bit ASCII"),
+    ("x" * (MAX_NAME_LEN + 1), 1, "characters long"),
+    ("led,led", 2, "unique"),
+    ("a", 0, "positive"),
+])
+def test_names_arg_errors(arg, lines, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_names_arg(arg, lines)
+
+
+def test_names_file(tmp_path):
+    p = tmp_path / "names"
+    p.write_bytes(b"reset\n\n  led  \n")
+    assert parse_names_file(p, 4) == ["reset", "", "led", ""]
+    p.write_bytes("caf\u00e9\n".encode())
+    with pytest.raises(ValueError, match="not 7-bit ASCII"):
+        parse_names_file(p, 4)
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_names_file(tmp_path / "missing", 4)
+
+
+def test_chip_names_are_sanitized_not_refused():
+    assert sanitize_names(["a", "a", "\u00e9", "x" * 40, "b", "extra"], 5) == \
+        ["a", "", "", "x" * MAX_NAME_LEN, "b"]
+    sim = SimBackend(3, ["dup", "dup"])      # a backend reporting bad names
+    c = GpioController(sim)
+    assert c.names_blob == b"dup\0\0\0"
+    with pytest.raises(ValueError):
+        GpioController(sim, ["dup", "dup"])  # operator-given names are validated

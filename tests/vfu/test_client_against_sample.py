@@ -25,7 +25,7 @@ import pytest
 
 from vfio_virtio.testing import vfio_user_spec as S
 from vfio_virtio.testing.vfio_user import (
-    ServerDisconnected, VfioUserClient, VfioUserError, VfioUserProtocolError, build_header)
+    VfioUserClient, VfioUserError, VfioUserProtocolError, build_header)
 
 SAMPLES = Path(os.environ.get(
     "LIBVFIO_USER_BUILD", Path.home() / ".cache/vfio-virtio/libvfio-user/current/build")) / "samples"

@@ -54,7 +54,7 @@ from typing import Any
 from ..backends.base import (Backend, DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH, EDGE_FALLING,
                              EDGE_NONE, EDGE_RISING)
 from . import spec as S
-from .names import names_blob, validate_names
+from .names import names_blob, sanitize_names, validate_names
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def decode_irq_request(data: bytes, resp_capacity: int) -> int | None:
 class GpioController:
     """Protocol state of all lines of one virtio-gpio device over a :class:`Backend`.
 
-    ``names`` overrides ``backend.names``. ``irq_feature`` must be set by the glue once
+    ``names`` (validated, ValueError if invalid) overrides ``backend.names`` (sanitized:
+    invalid or duplicate names are blanked). ``irq_feature`` must be set by the glue once
     features are negotiated (True iff VIRTIO_GPIO_F_IRQ was accepted); it starts False and
     :meth:`reset` does not touch it.
     """
@@ -121,9 +122,10 @@ class GpioController:
             raise ValueError(f"ngpio must be 1..{S.VIRTIO_GPIO_MAX_LINES}, got {n}")
         self.backend = backend
         self.ngpio = n
-        if names is None:
-            names = backend.names
-        self.names: list[str] | None = validate_names(names, n) if names else None
+        if names is not None:
+            self.names: list[str] | None = validate_names(names, n) if names else None
+        else:  # names a host chip reports: never refuse to start over them
+            self.names = sanitize_names(backend.names, n) if backend.names else None
         self.names_blob: bytes = names_blob(self.names)
         self.irq_feature = False
         self._delivery = True
@@ -319,6 +321,15 @@ class GpioController:
     def held_lines(self) -> list[int]:
         """Lines currently holding an eventq buffer (i.e. unmasked), ascending."""
         return sorted(self._held)
+
+    def held_token(self, gpio: int) -> Any:
+        """The token of the buffer ``gpio`` holds; KeyError if it holds none."""
+        return self._held[gpio]
+
+    def release_held(self, gpio: int) -> Any | None:
+        """Forget ``gpio``'s held buffer without completing it (its ring was reset); return
+        its token or None. The line becomes masked; its irq type and latch stay."""
+        return self._held.pop(gpio, None)
 
     # ---- reset and state ----------------------------------------------------------------
     def reset(self, keep_lines: bool = False) -> list[Any]:

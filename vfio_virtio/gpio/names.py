@@ -56,6 +56,24 @@ def validate_names(names: list[str], lines: int) -> list[str]:
     return out
 
 
+def sanitize_names(names: list[str], lines: int) -> list[str]:
+    """Best-effort version of :func:`validate_names` for names a host chip reports.
+
+    Instead of refusing, it blanks names that are not printable ASCII or repeat an earlier
+    name, truncates long ones, ignores extra entries and pads to ``lines``.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for raw in list(names)[:lines]:
+        name = raw.strip()[:MAX_NAME_LEN] if isinstance(raw, str) else ""
+        if any(not 0x20 <= ord(c) <= 0x7E for c in name) or name in seen:
+            name = ""
+        if name:
+            seen.add(name)
+        out.append(name)
+    return out + [""] * (lines - len(out))
+
+
 def parse_names_arg(arg: str, lines: int) -> list[str]:
     """Parse a comma-separated ``--names`` value ("a,,c": line 1 unnamed)."""
     if not isinstance(arg, str):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .assets import GuestAssets, find_assets
+from .console import ConsoleReader
 from .qmp import QMPClient, QMPError
 
 __all__ = ["GuestError", "GuestMachine", "log_tail"]
@@ -88,6 +89,7 @@ class GuestMachine:
         self._results: dict[str, tuple[int, str]] = {}
         self._started_at = 0.0
         self._stderr_file: Any = None
+        self.console: ConsoleReader | None = None
 
     # ---- command line and launch --------------------------------------------------------
     def command_line(self) -> list[str]:
@@ -101,7 +103,7 @@ class GuestMachine:
             "-m", f"{self.memory_mb}", "-smp", str(self.smp), "-cpu", "max",
             "-nographic", "-no-reboot", "-monitor", "none", "-nodefaults",
             "-kernel", str(a.kernel), "-initrd", str(a.initrd), "-append", cmdline,
-            "-chardev", f"file,id=con,path={self.console_log}",
+            "-chardev", f"socket,id=con,path={self._sockdir}/con",
             "-serial", "chardev:con",
             "-chardev", f"socket,id=ctl,path={self._sockdir}/ctl",
             "-serial", "chardev:ctl",
@@ -126,6 +128,7 @@ class GuestMachine:
         self._sockdir = tempfile.mkdtemp(prefix="vvm-")
         self._ctl_listener = self._listen(f"{self._sockdir}/ctl")
         self._qmp_listener = self._listen(f"{self._sockdir}/qmp")
+        con_listener = self._listen(f"{self._sockdir}/con")
         argv = self.command_line()
         (self.log_dir / f"{self.name}-cmdline.txt").write_text(
             " ".join(repr(x) if " " in x or "{" in x else x for x in argv) + "\n")
@@ -135,6 +138,7 @@ class GuestMachine:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stderr_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._pidfd = os.pidfd_open(self.proc.pid)
+        self.console = ConsoleReader(con_listener, self.console_log)
 
     # ---- diagnostics ---------------------------------------------------------------------
     def logs(self, lines: int = 40) -> str:
@@ -149,9 +153,24 @@ class GuestMachine:
         """A :class:`GuestError` with ``msg`` and the log tails."""
         return GuestError(f"{msg}\n{self.logs()}")
 
-    def console_text(self) -> str:
-        """The whole guest console log so far."""
-        return self.console_log.read_bytes().decode("utf-8", "replace")
+    def console_text(self, start: int = 0) -> str:
+        """The guest console captured so far (from byte offset ``start``, see :meth:`console_mark`)."""
+        if self.console is None:
+            return ""
+        return self.console.text(start)
+
+    def console_mark(self) -> int:
+        """Current console length: a ``start`` for :meth:`wait_console` / :meth:`console_text`."""
+        return self.console.mark() if self.console is not None else 0
+
+    def wait_console(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        """Wait for a console line matching regex ``pattern`` (after offset ``start``)."""
+        if self.console is None:
+            raise GuestError("not launched")
+        m = self.console.wait_for(pattern, timeout, start)
+        if m is None:
+            raise self.error(f"console pattern {pattern!r} not seen within {timeout}s")
+        return m
 
     # ---- control port ----------------------------------------------------------------------
     def _wait_readable(self, fd: Any, deadline: float, what: str) -> None:
@@ -324,6 +343,8 @@ class GuestMachine:
             self._qmp.close()
         self._ctl = self._ctl_listener = self._qmp_listener = None
         self._qmp = None
+        if self.console is not None:
+            self.console.join()
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
