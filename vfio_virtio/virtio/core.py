@@ -158,10 +158,15 @@ class VirtioCore:
             return True            # nothing else changes while suspended
         return False
 
+    def enable_queue(self, index: int) -> None:
+        """queue_enable: the ring features are fixed now (the driver enables queues after
+        FEATURES_OK and before DRIVER_OK, 3.1.1). Raises ValueError for a bad ring."""
+        q = self.queues[index]
+        q.event_idx = self.has(V.VIRTIO_F_EVENT_IDX)
+        q.indirect = self.has(V.VIRTIO_F_INDIRECT_DESC)
+        q.enable()
+
     def _start(self) -> None:
-        for q in self.queues:
-            q.event_idx = self.has(V.VIRTIO_F_EVENT_IDX)
-            q.indirect = self.has(V.VIRTIO_F_INDIRECT_DESC)
         log.info("DRIVER_OK: features %#x", self.driver_features)
         self.device.start()
 

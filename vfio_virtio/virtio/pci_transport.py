@@ -249,7 +249,7 @@ class VirtioPciTransport:
         if q.enabled:
             return
         try:
-            q.enable()
+            self.core.enable_queue(self.queue_select)
         except ValueError as e:
             self.core.needs_reset(f"queue {self.queue_select}: {e}")
             return

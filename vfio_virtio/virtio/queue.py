@@ -30,14 +30,17 @@ _BOOL_FIELDS = ("enabled", "event_idx", "indirect", "signalled_used_valid")
 
 
 class Chain:
-    """One descriptor chain popped from the available ring (2.7.5)."""
+    """One descriptor chain popped from the available ring (2.7.5).
+
+    ``iovs`` is a tuple of (host_addr, iova, len, writable) with writable 0 or 1, readable
+    buffers first; it is empty when ``error`` is set."""
 
     __slots__ = ("head", "error", "readable_len", "writable_len", "iovs", "_dma", "_gen")
 
     def __init__(self, raw: RawChain, dma: DmaTable) -> None:
         self.head, self.error, self.readable_len, self.writable_len, self.iovs = raw
         self._dma = dma
-        self._gen = dma.generation
+        self._gen = dma._generation
 
     def __repr__(self) -> str:
         err = S.ERR_NAMES.get(self.error, self.error) if self.error else 0
@@ -123,11 +126,10 @@ class CRing:
             raise ValueError(f"vv_pop_batch: {os.strerror(-n)}")
         if n == 0:
             return []
-        craw = ffi.buffer(chains, _CHAIN.size * n)
-        total = sum(c[3] for c in _CHAIN.iter_unpack(craw))
+        recs = list(_CHAIN.iter_unpack(ffi.buffer(chains, _CHAIN.size * n)))
+        total = sum(c[3] for c in recs)
         iraw = list(_IOV.iter_unpack(ffi.buffer(iovs, _IOV.size * total))) if total else []
-        return [(h, e, rl, wl, tuple((a, i, ln, bool(w)) for a, i, ln, w in iraw[s:s + c]))
-                for h, e, s, c, rl, wl in _CHAIN.iter_unpack(craw)]
+        return [(h, e, rl, wl, tuple(iraw[s:s + c])) for h, e, s, c, rl, wl in recs]
 
     def chain_at(self, head: int, max_iovs: int) -> RawChain:
         chains, iovs = self._arrays(1, max_iovs)
@@ -140,8 +142,7 @@ class CRing:
             raise ValueError(f"chain_at({head}): bad head or queue config")
         c = chains[0]
         return (c.head, c.error, c.readable_len, c.writable_len,
-                tuple((v.addr, v.iova, v.len, bool(v.writable))
-                      for v in (iovs[k] for k in range(c.iov_count))))
+                tuple(_IOV.iter_unpack(ffi.buffer(iovs, _IOV.size * c.iov_count))))
 
     def push_batch(self, ids: list[int], lens: list[int]) -> int:
         n = len(ids)
@@ -262,10 +263,8 @@ class Virtqueue:
         or a length outside 32 bits."""
         if not items:
             return True
-        ids = [h for h, _ in items]
-        lens = [n for _, n in items]
-        if any(not 0 <= h <= 0xFFFFFFFF for h in ids) or any(not 0 <= n <= 0xFFFFFFFF
-                                                            for n in lens):
+        ids, lens = zip(*items)
+        if min(ids) < 0 or max(ids) > 0xFFFFFFFF or min(lens) < 0 or max(lens) > 0xFFFFFFFF:
             raise ValueError("push: head/len out of range")
         rc = self._r.push_batch(ids, lens)
         if rc == -errno.EINVAL:

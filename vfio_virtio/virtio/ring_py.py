@@ -20,8 +20,8 @@ _DESC = struct.Struct("<QIHH")
 _ELEM = struct.Struct("<II")
 _U16 = struct.Struct("<H")
 
-# (head, error, readable_len, writable_len, iovs); iov = (host_addr, iova, len, writable)
-RawChain = tuple[int, int, int, int, tuple[tuple[int, int, int, bool], ...]]
+# (head, error, readable_len, writable_len, iovs); iov = (host_addr, iova, len, writable 0/1)
+RawChain = tuple[int, int, int, int, tuple[tuple[int, int, int, int], ...]]
 
 
 def _u16(addr: int) -> int:
@@ -73,7 +73,7 @@ class PyRing:
     def _walk(self, desc: int, head: int, cap: int) -> RawChain:
         """Walk the chain at head (2.7.5, 2.7.5.3); raises _NoSpace if over cap iovs."""
         table, tsize, idx, ttl = desc, self.size, head, self.size
-        iovs: list[tuple[int, int, int, bool]] = []
+        iovs: list[tuple[int, int, int, int]] = []
         rlen = wlen = total = 0
         in_indirect = seen_write = False
         err = 0
@@ -107,7 +107,7 @@ class PyRing:
             if length == 0:
                 err = S.VQ_ERR_ZERO_LEN
                 break
-            writable = bool(flags & S.VRING_DESC_F_WRITE)
+            writable = 1 if flags & S.VRING_DESC_F_WRITE else 0
             if not writable and seen_write:
                 err = S.VQ_ERR_ORDER
                 break

@@ -1,0 +1,144 @@
+"""Driver-side virtio-gpio over the vfio-user client: what the Linux gpio-virtio driver does,
+in Python, for tests, benchmarks and the demo.
+
+``GpioDriver.open(socket)`` connects, maps guest memory, brings the device up (requestq 0,
+eventq 1, MSI-X) and offers ``request()``, ``get_value()``/``set_value()``, names, IRQ buffers.
+"""
+from __future__ import annotations
+
+import struct
+
+from ..gpio import spec as G
+from ..virtio import spec as V
+from .guestmem import GuestMemory
+from .vfio_user import VfioUserClient
+from .virtio_pci import VirtioPciDriver
+
+REQ = struct.Struct("<HHI")
+REQUESTQ, EVENTQ = 0, 1
+DEFAULT_FEATURES = (1 << V.VIRTIO_F_VERSION_1) | (1 << G.VIRTIO_GPIO_F_IRQ)
+
+
+class GpioDriver:
+    """The driver half of virtio-gpio on top of :class:`VirtioPciDriver`."""
+
+    def __init__(self, client: VfioUserClient, mem: GuestMemory, drv: VirtioPciDriver):
+        self.client, self.mem, self.drv = client, mem, drv
+        self._inbufs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self.irq_heads: dict[int, int] = {}      # eventq head -> gpio
+
+    @classmethod
+    def open(cls, socket: str, features: int | None = DEFAULT_FEATURES,
+             mem_size: int = 8 << 20, queue_size: int | None = None,
+             bring_up: bool = True, timeout: float = 5.0) -> "GpioDriver":
+        client = VfioUserClient(socket, timeout=timeout)
+        mem = GuestMemory(mem_size, iova=0x100000)
+        drv = VirtioPciDriver(client, mem)
+        self = cls(client, mem, drv)
+        if bring_up:
+            drv.bring_up([REQUESTQ, EVENTQ], wanted=features, queue_size=queue_size)
+        return self
+
+    def close(self) -> None:
+        self.drv.close()
+        self.client.close()
+        self.mem.close()
+
+    def __enter__(self) -> "GpioDriver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- config ---------------------------------------------------------------------------
+
+    def config(self) -> tuple[int, int]:
+        """(ngpio, gpio_names_size) from the device configuration."""
+        ngpio, names_size = struct.unpack("<HxxI", self.drv.read_config(0, 8))
+        return ngpio, names_size
+
+    # --- requestq -------------------------------------------------------------------------
+
+    def add_request(self, mtype: int, gpio: int, value: int = 0, resp_len: int = 2,
+                    indirect: bool = False) -> int:
+        ring = self.drv.rings[REQUESTQ]
+        head = ring.add(out=[REQ.pack(mtype, gpio, value)], in_lens=[resp_len],
+                        indirect=indirect)
+        self._inbufs[(REQUESTQ, head)] = list(ring._chains[head][1])
+        return head
+
+    def response(self, queue: int, head: int, length: int) -> bytes:
+        bufs = self._inbufs.pop((queue, head), [])
+        out = b"".join(self.mem.read(a, n) for a, n in bufs)
+        return out[:length]
+
+    def complete(self, n: int, timeout: float = 5.0) -> dict[int, bytes]:
+        """Wait for ``n`` requestq completions; {head: response bytes (used length)}."""
+        got: dict[int, bytes] = {}
+        while len(got) < n:
+            for head, length in self.drv.wait_used(REQUESTQ, timeout):
+                got[head] = self.response(REQUESTQ, head, length)
+        return got
+
+    def request(self, mtype: int, gpio: int, value: int = 0, resp_len: int = 2,
+                timeout: float = 5.0) -> bytes:
+        """One request, kicked and waited for; returns the response bytes."""
+        head = self.add_request(mtype, gpio, value, resp_len)
+        self.drv.kick(REQUESTQ)
+        return self.complete(1, timeout)[head]
+
+    def ok(self, mtype: int, gpio: int, value: int = 0) -> int:
+        """A request that must succeed; returns its value byte."""
+        resp = self.request(mtype, gpio, value)
+        if resp[:1] != bytes([G.VIRTIO_GPIO_STATUS_OK]):
+            raise AssertionError(f"request {mtype} gpio {gpio} value {value}: {resp!r}")
+        return resp[1]
+
+    def names(self) -> list[str]:
+        ngpio, size = self.config()
+        resp = self.request(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES, 0, 0, 1 + size)
+        assert resp[0] == G.VIRTIO_GPIO_STATUS_OK, resp
+        return [n.decode() for n in resp[1:].split(b"\0")[:ngpio]]
+
+    def set_direction(self, gpio: int, direction: int) -> None:
+        self.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, gpio, direction)
+
+    def set_value(self, gpio: int, value: int) -> None:
+        self.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, gpio, value)
+
+    def get_value(self, gpio: int) -> int:
+        return self.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, gpio)
+
+    def get_direction(self, gpio: int) -> int:
+        return self.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, gpio)
+
+    def set_irq_type(self, gpio: int, irq_type: int) -> None:
+        self.ok(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, gpio, irq_type)
+
+    # --- eventq ---------------------------------------------------------------------------
+
+    def queue_irq(self, gpio: int, kick: bool = True) -> int:
+        """Queue an (irq_request, irq_response) pair for ``gpio`` (unmasks it)."""
+        ring = self.drv.rings[EVENTQ]
+        head = ring.add(out=[struct.pack("<H", gpio)], in_lens=[1])
+        self._inbufs[(EVENTQ, head)] = list(ring._chains[head][1])
+        self.irq_heads[head] = gpio
+        if kick:
+            self.drv.kick(EVENTQ)
+        return head
+
+    def events(self, timeout: float = 5.0) -> list[tuple[int, int]]:
+        """Wait for eventq completions: [(gpio, status)] (status VALID=1 / INVALID=0)."""
+        out = []
+        for head, length in self.drv.wait_used(EVENTQ, timeout):
+            resp = self.response(EVENTQ, head, length)
+            out.append((self.irq_heads.pop(head, -1), resp[0] if resp else -1))
+        return out
+
+    def poll_events(self) -> list[tuple[int, int]]:
+        """Eventq completions already in the used ring, without waiting."""
+        out = []
+        for head, length in self.drv.rings[EVENTQ].used():
+            resp = self.response(EVENTQ, head, length)
+            out.append((self.irq_heads.pop(head, -1), resp[0] if resp else -1))
+        return out
