@@ -110,10 +110,15 @@ ffibuilder.set_source(
     SOURCE,
     sources=[_rel(os.path.join(CSRC, "virtq.c"))],
     include_dirs=[_rel(CSRC)],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # VV_CFLAGS: extra flags for sanitizer builds (e.g. "-fsanitize=address,undefined")
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    + os.environ.get("VV_CFLAGS", "").split(),
+    extra_link_args=os.environ.get("VV_CFLAGS", "").split(),
 )
 
 if __name__ == "__main__":
+    # usage: build_virtq.py [DEST_DIR]   (default: the vfio_virtio package, in place)
+    dest = sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "vfio_virtio")
     tmp = os.path.join(TOP, "build", "cffi_virtq")
     os.makedirs(tmp, exist_ok=True)
     ffibuilder.compile(tmpdir=tmp, verbose=False)
@@ -121,5 +126,6 @@ if __name__ == "__main__":
     if not built:
         raise SystemExit(f"build_virtq: no extension produced under {tmp}")
     for so in built:
-        shutil.copy(so, os.path.join(TOP, "vfio_virtio"))
-        print(f"built {os.path.join('vfio_virtio', os.path.basename(so))} ({BUILD_ID})")
+        os.makedirs(dest, exist_ok=True)
+        shutil.copy(so, dest)
+        print(f"built {os.path.join(dest, os.path.basename(so))} ({BUILD_ID})")

@@ -240,7 +240,7 @@ class GpioServer:
         w.setblocking(False)
         self._sig = (r, w)
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(s, lambda *_: None)
 
         def on_signal() -> None:
@@ -248,6 +248,11 @@ class GpioServer:
                 data = r.recv(64)
             except BlockingIOError:
                 return
+            if signal.SIGUSR1 in data and self.cfg.extra.get("snapshot"):
+                try:
+                    self.save_snapshot(self.cfg.extra["snapshot"])
+                except OSError as e:
+                    log.error("snapshot: %s", e)
             if any(b in (signal.SIGINT, signal.SIGTERM) for b in data):
                 log.info("signal received: stopping")
                 self.loop.stop()

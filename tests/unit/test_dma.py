@@ -110,6 +110,9 @@ def test_c_and_python_translate_agree():
 
 def test_stale_extension_refused(tmp_path):
     """A BUILD_ID that differs from the sources on disk makes import fail with advice."""
+    import os
+    if not all(os.path.exists(p) for p in VIRTQ_SOURCES):
+        pytest.skip("installed without cffi_build/: no sources to compare against")
     baked = ffi.string(lib.VV_VIRTQ_BUILD_ID).decode()
     assert baked == _buildid.build_id(VIRTQ_SOURCES)      # the one in use is fresh
     src = tmp_path / "virtq.c"

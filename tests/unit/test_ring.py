@@ -343,3 +343,23 @@ def test_impl_selection(monkeypatch, rig_factory):
         Virtqueue(0, r.dma, impl="rust")
     with pytest.raises(ValueError):
         Virtqueue(0, r.dma, max_size=100)
+
+
+def test_long_run_through_natural_wrap(rig_factory):
+    """2.7.6/2.7.8: 66000 chains through a 256-entry ring: indices wrap through 65535 on
+    their own; every chain comes back once, in order, with its data and used length."""
+    r = rig_factory(size=256, event_idx=True, max_size=256)
+    total, batch, k = 66_000, 100, 0
+    while k < total:
+        n = min(batch, total - k)
+        heads = [r.dr.add([(k + j).to_bytes(4, "little")], [4]) for j in range(n)]
+        chains = r.vq.pop_batch(n)
+        assert [c.head for c in chains] == heads
+        for j, c in enumerate(chains):
+            assert int.from_bytes(c.read(), "little") == k + j
+            c.write(c.read()[::-1])
+        r.vq.push_batch([(c.head, 4) for c in chains])
+        assert [u for u in r.dr.used()] == [(h, 4) for h in heads]
+        k += n
+    assert r.vq.used_idx == r.vq.last_avail_idx == total & 0xFFFF and not r.vq.broken
+    assert r.dr.avail_event == total & 0xFFFF

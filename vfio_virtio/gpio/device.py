@@ -84,7 +84,8 @@ class VirtioGpioDevice:
                 self.ctl.release_held(g)
 
     def on_dma_change(self) -> None:
-        pass                                 # chains check the DMA generation themselves
+        # Chains check the DMA generation themselves; a restored snapshot waits for memory.
+        self._reattach_held()
 
     # --- queues ---------------------------------------------------------------------------
 
@@ -175,6 +176,22 @@ class VirtioGpioDevice:
         return {"controller": self.ctl.snapshot(), "held_heads": held}
 
     def set_state(self, d: dict) -> None:
+        """Restore line state now (outputs drive at once); held eventq buffers are re-attached
+        once the client has mapped guest memory again (see :meth:`on_dma_change`)."""
+        heads = {int(g): int(h) for g, h in d.get("held_heads", {}).items()}
+        self._complete(self.ctl.restore(d["controller"], {}), push=False)
+        self._pending_held = heads
+
+    def _reattach_held(self) -> None:
+        heads = getattr(self, "_pending_held", None)
+        if not heads or self.core is None or not self.core.queue_ready(EVENTQ):
+            return
         q = self.core.queues[EVENTQ]
-        tokens = {int(g): q.chain_at(int(h)) for g, h in d.get("held_heads", {}).items()}
-        self._complete(self.ctl.restore(d["controller"], tokens), push=False)
+        try:
+            tokens = {g: q.chain_at(h) for g, h in heads.items()}
+        except (OSError, ValueError):
+            return                              # not all of guest memory is mapped yet
+        self._pending_held = None
+        for g, chain in sorted(tokens.items()):
+            self._complete(self.ctl.queue_irq(g, chain), push=False)
+        self._flush_events()

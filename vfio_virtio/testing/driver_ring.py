@@ -167,6 +167,10 @@ class DriverRing:
                 self._free.extend(chain[0])
         return out
 
+    def in_buffers(self, head: int) -> list[tuple[int, int]]:
+        """(iova, len) of the device-writable buffers of a chain added by :meth:`add`."""
+        return list(self._chains[head][1])
+
     def written(self, head: int, n: int) -> bytes:
         """First n bytes of the device-writable buffers of a chain added by :meth:`add`
         (call before :meth:`used` releases it)."""

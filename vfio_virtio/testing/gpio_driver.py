@@ -39,6 +39,19 @@ class GpioDriver:
             drv.bring_up([REQUESTQ, EVENTQ], wanted=features, queue_size=queue_size)
         return self
 
+    def reattach(self, socket: str, timeout: float = 5.0) -> None:
+        """Connect to another server (e.g. one restored from a snapshot) keeping this driver's
+        guest memory, rings and negotiated state: map memory, wire MSI-X, no virtio reset."""
+        old = self.drv
+        old.close()
+        self.client.close()
+        self.client = VfioUserClient(socket, timeout=timeout)
+        drv = VirtioPciDriver(self.client, self.mem)
+        drv.rings, drv.notify_offs, drv.notify_data = old.rings, old.notify_offs, old.notify_data
+        drv.queue_vectors, drv.features = old.queue_vectors, old.features
+        drv.enable_msix()
+        self.drv = drv
+
     def close(self) -> None:
         self.drv.close()
         self.client.close()
@@ -64,8 +77,26 @@ class GpioDriver:
         ring = self.drv.rings[REQUESTQ]
         head = ring.add(out=[REQ.pack(mtype, gpio, value)], in_lens=[resp_len],
                         indirect=indirect)
-        self._inbufs[(REQUESTQ, head)] = list(ring._chains[head][1])
+        self._inbufs[(REQUESTQ, head)] = list(ring.in_buffers(head))
         return head
+
+    def add_chain(self, queue: int, out: list[bytes], in_lens: list[int],
+                  indirect: bool = False) -> int:
+        """Offer any chain on ``queue`` (a malformed request, or one split over several
+        buffers); not kicked. Its written bytes come back through :meth:`complete` /
+        :meth:`events` like any other."""
+        ring = self.drv.rings[queue]
+        head = ring.add(out=list(out), in_lens=list(in_lens), indirect=indirect)
+        self._inbufs[(queue, head)] = ring.in_buffers(head)
+        return head
+
+    def restart(self, features: int | None = DEFAULT_FEATURES,
+                queue_size: int | None = None) -> None:
+        """Re-probe on the same connection: device reset (status 0), new rings, bring-up.
+        Buffers still in flight are forgotten, as a driver's are when it resets."""
+        self._inbufs.clear()
+        self.irq_heads.clear()
+        self.drv.bring_up([REQUESTQ, EVENTQ], wanted=features, queue_size=queue_size)
 
     def response(self, queue: int, head: int, length: int) -> bytes:
         bufs = self._inbufs.pop((queue, head), [])
@@ -121,7 +152,7 @@ class GpioDriver:
         """Queue an (irq_request, irq_response) pair for ``gpio`` (unmasks it)."""
         ring = self.drv.rings[EVENTQ]
         head = ring.add(out=[struct.pack("<H", gpio)], in_lens=[1])
-        self._inbufs[(EVENTQ, head)] = list(ring._chains[head][1])
+        self._inbufs[(EVENTQ, head)] = list(ring.in_buffers(head))
         self.irq_heads[head] = gpio
         if kick:
             self.drv.kick(EVENTQ)

@@ -130,6 +130,8 @@ def suspend_s2idle_wake_serial(m: GuestMachine, timeout: float = 60.0) -> Suspen
     Needs ``pm_print_times`` (enabled here) to know when the guest is past the noirq phase.
     """
     enable_pm_debug(m, debug_messages=True)
-    # pm_pr_dbg() prints at KERN_DEBUG: raise the console loglevel to see it.
-    prep = "echo 8 > /proc/sys/kernel/printk && echo enabled > /sys/class/tty/ttyS1/power/wakeup"
+    # pm_pr_dbg() prints at KERN_DEBUG: raise the console loglevel, and keep the console
+    # printing while suspended so the noirq summary reaches the host.
+    prep = ("echo 8 > /proc/sys/kernel/printk && echo N > /sys/module/printk/parameters/console_suspend"
+            " && echo enabled > /sys/class/tty/ttyS1/power/wakeup")
     return _cycle(m, "freeze", "none", prep, timeout, wake=True)

@@ -286,12 +286,15 @@ class GuestMachine:
     @property
     def qmp(self) -> QMPClient:
         """The QMP connection (accepted on first use)."""
+        return self._get_qmp(30.0)
+
+    def _get_qmp(self, timeout: float) -> QMPClient:
         if self._qmp is None:
-            if self.proc is None:
+            if self.proc is None or self._qmp_listener is None:
                 raise GuestError("not launched")
-            sock = self._accept(self._qmp_listener, time.monotonic() + 30.0, "QMP")  # type: ignore[arg-type]
+            sock = self._accept(self._qmp_listener, time.monotonic() + timeout, "QMP")
             try:
-                self._qmp = QMPClient(sock)
+                self._qmp = QMPClient(sock, timeout=timeout)
             except QMPError as exc:
                 raise self.error(f"QMP: {exc}") from exc
         return self._qmp
@@ -323,7 +326,7 @@ class GuestMachine:
         if self.proc.poll() is None:
             self.hard_shutdown = True
             try:
-                self.qmp.execute("quit", timeout=hard_timeout)
+                self._get_qmp(hard_timeout).execute("quit", timeout=hard_timeout)
             except (QMPError, GuestError, OSError):
                 pass
             if not self._wait_exit(hard_timeout):

@@ -114,7 +114,9 @@ class VirtioCore:
             self.status |= V.VIRTIO_CONFIG_S_FAILED
             self.device.quiesce()
             return
-        if self._suspend_transition(old, value):
+        if not self.has(V.VIRTIO_F_SUSPEND):
+            value &= ~V.VIRTIO_CONFIG_S_SUSPEND        # reserved unless negotiated
+        elif self._suspend_transition(old, value):
             return
         # The driver MUST NOT clear a status bit (2.1.2); a write that tries is ignored for
         # those bits. NEEDS_RESET is the device's bit: the driver cannot set it.

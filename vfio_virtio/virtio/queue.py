@@ -74,7 +74,6 @@ class Chain:
         self._check()
         if offset < 0:
             raise ValueError("negative offset")
-        data = bytes(data)
         done = 0
         for addr, _, n, writable in self.iovs:
             if not writable:
@@ -85,7 +84,7 @@ class Chain:
             k = min(n - offset, len(data) - done)
             if k <= 0:
                 break
-            ctypes.memmove(addr + offset, data[done:done + k], k)
+            ffi.memmove(ffi.cast("char *", addr + offset), data[done:done + k], k)
             done += k
             offset = 0
         return done
