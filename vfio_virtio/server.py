@@ -7,12 +7,15 @@ connecting to it (a connection would take the live server's only client slot).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import signal
 import socket
+import struct
+import time
 from dataclasses import dataclass, field
 
 from .backends import make_backend
@@ -32,6 +35,57 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "vfio-virtio-gpio-snapshot"
 SNAPSHOT_VERSION = 1
+
+
+# vfu_attach_ctx accepts and then waits, blocking, for the client's VERSION message: a
+# client that connects and stays silent would freeze the whole loop (control socket, line
+# events). A SIGALRM after this many seconds interrupts that recv (EINTR); the library
+# closes the connection and the server goes back to listening.
+ATTACH_TIMEOUT = 2.0
+
+
+@contextlib.contextmanager
+def _attach_deadline(seconds: float):
+    """Interrupt blocking system calls in the body after ``seconds`` (main thread only;
+    elsewhere the body runs without a deadline)."""
+    try:
+        old = signal.signal(signal.SIGALRM, lambda *_: None)
+    except ValueError:                      # not the main thread
+        yield
+        return
+    signal.siginterrupt(signal.SIGALRM, True)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# Every blocking send/recv on a client connection gives up after this long (QEMU's own
+# x-msg-timeout is 5 s): a client that stops reading replies, or stops in the middle of a
+# message, then gets dropped instead of freezing the loop (control socket, line events).
+CLIENT_IO_TIMEOUT = 5.0
+
+
+def _conn_setopt(fd: int, timeout: float | None) -> None:
+    """Set send/receive timeouts on the client connection ``fd``; None: shut it down."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError as e:
+        log.warning("client connection fd %d: %s", fd, e)
+        return
+    try:
+        if timeout is None:
+            s.shutdown(socket.SHUT_RDWR)
+        else:
+            tv = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    except OSError as e:
+        log.warning("client connection fd %d: %s", fd, e)
+    finally:
+        s.close()
 
 
 class ServerError(Exception):
@@ -154,8 +208,9 @@ class GpioServer:
         ctx = self.function.ctx
         if not self.attached:
             try:
-                if not ctx.attach():
-                    return
+                with _attach_deadline(ATTACH_TIMEOUT):
+                    if not ctx.attach():
+                        return
             except OSError as e:
                 log.warning("attach failed: %s", e)
                 return
@@ -163,17 +218,31 @@ class GpioServer:
             self.clients_served += 1
             log.info("client %d attached", self.clients_served)
             self._rewatch()
+            _conn_setopt(self._poll_fd, CLIENT_IO_TIMEOUT)
             return
+        started = time.monotonic()
+        said = False
         try:
             ctx.run()
         except ConnectionResetError:
             log.info("client disconnected; waiting for the next one")
-            self.attached = False
-            self._rewatch()
+            said = True
         except OSError as e:
-            log.error("vfu_run_ctx: %s; dropping the client", e)
+            log.error("vfu_run_ctx: %s", e)
+        # Attached or not is whatever libvfio-user's poll fd says: it is the connection while
+        # a client is attached, the listening socket otherwise. vfu_run_ctx can drop the
+        # connection and still return success (a reply to a client that went away: do_reply
+        # resets the context and returns 0), and an error need not mean it dropped it.
+        if ctx.poll_fd != self._poll_fd:
             self.attached = False
             self._rewatch()
+            if not said:
+                log.info("client connection closed; waiting for the next one")
+        elif time.monotonic() - started >= CLIENT_IO_TIMEOUT:
+            # a send or receive ran into the timeout: the client does not read its replies or
+            # stopped in the middle of a message. Shut the connection; the library sees EOF.
+            log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
+            _conn_setopt(self._poll_fd, None)
 
     def _rewatch(self) -> None:
         self.loop.remove_reader(self._poll_fd)

@@ -78,8 +78,9 @@ def test_config_space_is_read_only(gpio):
     """5.17.4: the configuration is the device's; a driver write changes nothing."""
     d, _ = gpio
     before = d.drv.read_config(0, 8)
-    d.drv._wr(V.VIRTIO_PCI_CAP_DEVICE_CFG, 0, 0xFFFFFFFF, 4)
-    d.drv._wr(V.VIRTIO_PCI_CAP_DEVICE_CFG, 4, 0, 4)
+    cap = d.drv.caps[V.VIRTIO_PCI_CAP_DEVICE_CFG]
+    d.client.region_write(cap.bar, cap.offset, b"\xff" * 4)
+    d.client.region_write(cap.bar, cap.offset + 4, b"\0" * 4)
     assert d.drv.read_config(0, 8) == before
 
 
@@ -110,7 +111,7 @@ BAD_MESSAGES = [
     pytest.param(G.VIRTIO_GPIO_MSG_GET_VALUE, 8, 0, id="gpio-eq-ngpio"),
     pytest.param(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0xFFFF, OUT, id="gpio-ffff"),
     pytest.param(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 2, id="value-2"),
-    pytest.param(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 0x100000001, id="value-wide"),
+    pytest.param(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 0x80000001, id="value-wide"),
     pytest.param(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, 3, id="direction-3"),
     pytest.param(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, 0x101, id="direction-wide"),
     pytest.param(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 1, 5, id="irq-type-5"),
@@ -125,7 +126,6 @@ def test_bad_messages_are_err_and_queue_keeps_working(gpio):
     d, c = gpio
     for p in BAD_MESSAGES:
         mtype, line, value = p.values
-        value &= 0xFFFFFFFF
         before = c.list()
         assert d.request(mtype, line, value) == ERR, p.id
         assert c.list() == before, p.id                      # nothing changed on the host side
@@ -136,7 +136,7 @@ def test_bad_messages_are_err_and_queue_keeps_working(gpio):
     pytest.param([REQ.pack(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)[:7]], [2], ERR, id="req-7"),
     pytest.param([REQ.pack(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT) + b"\0"], [2], ERR,
                  id="req-9"),
-    pytest.param([b""[:0] or b"\0" * 64], [2], ERR, id="req-64"),
+    pytest.param([b"\0" * 64], [2], ERR, id="req-64"),
     pytest.param([REQ.pack(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)], [1], ERR[:1], id="resp-1"),
     pytest.param([REQ.pack(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)], [3], ERR, id="resp-3"),
     pytest.param([REQ.pack(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)], [], b"", id="resp-none"),
@@ -170,7 +170,7 @@ def test_request_split_over_several_buffers(gpio):
 def test_guest_output_is_seen_by_host(gpio, server):
     """5.17.6.5: SET_VALUE on an output drives the line: the operator sees it at once."""
     d, c = gpio
-    with ControlClient(server.control).watch() as w:
+    with ControlClient(server.control) as wc, wc.watch() as w:
         d.set_direction(5, OUT)
         assert c.get(5)["direction"] == "out" and c.get(5)["value"] == 0
         d.set_value(5, 1)
@@ -211,6 +211,11 @@ def test_direction_none_discards_line_state(gpio):
     assert d.get_direction(2) == NONE
     d.set_direction(2, OUT)                                  # the stored value 1 is gone
     assert c.get(2)["value"] == 0
+    # 5.17.6.6 on an inactive line: enabling an interrupt makes it an input
+    d.set_direction(2, NONE)
+    d.set_irq_type(2, G.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING)
+    st = c.get(2)
+    assert (st["direction"], st["edge"]) == ("in", "rising") and d.get_direction(2) == IN
 
 
 def test_host_input_is_read_by_guest(gpio):
@@ -250,6 +255,37 @@ def test_1024_lines(server_factory, tmp_path):
         assert d.request(G.VIRTIO_GPIO_MSG_GET_VALUE, 1024) == ERR
 
 
+def test_interrupts_on_many_lines(server_factory):
+    """5.17.7: one eventq pair per line, for hundreds of lines at once (more than one
+    device batch): each line's buffer is held until its own edge; disabling the rest
+    returns every remaining buffer INVALID."""
+    srv = server_factory("--lines", "1024")
+    lines = list(range(800, 1024))
+    feats = DEFAULT_FEATURES | (1 << V.VIRTIO_F_INDIRECT_DESC)
+    with GpioDriver.open(srv.socket, features=feats) as d, ControlClient(srv.control) as c:
+        for g in lines:
+            d.add_request(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, g,
+                          G.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING, indirect=True)
+        d.drv.kick(REQUESTQ)
+        assert set(d.complete(len(lines)).values()) == {OK}
+        for g in lines:
+            d.queue_irq(g, kick=False, indirect=True)
+        d.drv.kick(G.VIRTIO_GPIO_EVENTQ)
+        c.set(1023, 1)
+        assert d.events(5) == [(1023, G.VIRTIO_GPIO_IRQ_STATUS_VALID)]
+        c.set(800, 1)
+        assert d.events(5) == [(800, G.VIRTIO_GPIO_IRQ_STATUS_VALID)]
+        for g in lines:
+            d.add_request(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, g, G.VIRTIO_GPIO_IRQ_TYPE_NONE,
+                          indirect=True)
+        d.drv.kick(REQUESTQ)
+        assert set(d.complete(len(lines)).values()) == {OK}
+        got: list[tuple[int, int]] = []
+        while len(got) < len(lines) - 2:
+            got += d.events(5)
+        assert sorted(got) == [(g, G.VIRTIO_GPIO_IRQ_STATUS_INVALID) for g in lines[1:-1]]
+
+
 def test_many_requests_in_flight(server_factory):
     """2.7.13 / 5.17.6: 200 requests offered before one notification all complete with the
     right responses; messages for one line are answered in the order received (5.17.6
@@ -282,4 +318,23 @@ def test_many_requests_in_flight(server_factory):
         assert {h: r for h, (_, r) in expect.items()} == got
         for line, heads in order.items():
             assert [h for h in used if expect[h][0] == line] == heads
-        assert [c.get(line)["value"] for line in range(4)] == [0] * 4   # last SET: 49 -> 0
+        assert [c.get(line)["value"] for line in range(4)] == [0] * 4   # step 48 set 0
+
+
+def test_unreadable_chain_completes_and_queue_keeps_working(gpio):
+    """DESIGN (do better than a whole-batch failure) / 2.7.4: a chain whose request lies
+    outside the driver's DMA maps is completed (nothing written) without DEVICE_NEEDS_RESET,
+    and the requests after it in the same batch are served."""
+    d, c = gpio
+    ring = d.drv.rings[REQUESTQ]
+    a, b = ring.size - 1, ring.size - 2                     # descriptors add() will not use soon
+    resp = ring.buf(2)
+    ring.add_raw({a: (0x10, 8, 1, b), b: (resp, 2, 2, 0)}, a, publish=False)   # NEXT / WRITE
+    ok = d.add_request(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 3, OUT)
+    d.drv.kick(REQUESTQ)
+    got: dict[int, int] = {}
+    while len(got) < 2:
+        got.update(d.drv.wait_used(REQUESTQ, 5))
+    assert got[a] == 0 and got[ok] == 2
+    assert not d.drv.read_status() & V.VIRTIO_CONFIG_S_NEEDS_RESET
+    assert c.get(3)["direction"] == "out"

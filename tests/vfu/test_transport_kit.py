@@ -11,9 +11,12 @@ import os
 import select
 import struct
 
+import pytest
+
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.testing.driver_ring import DriverRing
 from vfio_virtio.testing.gpio_driver import GpioDriver
+from vfio_virtio.testing.server_proc import ServerProcess
 from vfio_virtio.testing.virtio_pci import VirtioPciDriver
 from vfio_virtio.virtio import ring_spec as S
 from vfio_virtio.virtio import spec as V
@@ -36,6 +39,56 @@ FEATURES_OK, DRIVER_OK = V.VIRTIO_CONFIG_S_FEATURES_OK, V.VIRTIO_CONFIG_S_DRIVER
 NEEDS_RESET, FAILED = V.VIRTIO_CONFIG_S_NEEDS_RESET, V.VIRTIO_CONFIG_S_FAILED
 NO_VECTOR = V.VIRTIO_MSI_NO_VECTOR
 CONFIG_VEC = 0                       # bring_up(): config vector 0, queue i on vector i + 1
+
+
+LINES_ARGS = ("--lines", "8", "--names", "l0,l1,l2,l3,l4,l5,l6,l7")
+
+
+def start_shared(tmp_path_factory, *args: str) -> ServerProcess:
+    """One server for a whole module: each test is a new client, and a client's departure
+    resets the device (lost connection), so tests stay independent at a fraction of the
+    start-up cost."""
+    return ServerProcess(*LINES_ARGS, *args,
+                         workdir=str(tmp_path_factory.mktemp("srv"))).start()
+
+
+def shared_fixture(srv: ServerProcess, request):
+    """Per-test view of a shared server: prints its log when the test failed and checks
+    it survived the test."""
+    yield srv
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(f"--- server log {srv.log_path} ---\n{srv.log_tail()}")
+    assert srv.alive(), srv.log_tail()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    srv = start_shared(tmp_path_factory)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server(shared_server, request):
+    """Overrides tests/conftest.py's per-test server in modules that import it."""
+    yield from shared_fixture(shared_server, request)
+
+
+@pytest.fixture
+def g(server):
+    """A GpioDriver connected and DMA-mapped but not initialised."""
+    gd = open_gpio(server, bring_up=False)
+    yield gd
+    gd.close()
+
+
+@pytest.fixture
+def up(server):
+    """A driver brought up per 3.1.1 (VERSION_1 only), requestq and eventq of 16."""
+    gd = open_gpio(server)
+    yield gd
+    gd.close()
 
 
 def open_gpio(server, features: int | None = BASE, queue_size: int | None = 16,

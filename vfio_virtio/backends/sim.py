@@ -101,7 +101,10 @@ class SimBackend(Backend):
         if edge not in EDGES:
             raise ValueError(f"bad edge {edge!r}")
         with self._lock:
+            changed = self._edge[line] != edge
             self._edge[line] = edge
+        if changed:                      # the guest armed or disarmed an interrupt
+            self._notify(line, "guest")
 
     def fileno(self) -> int | None:
         return self._rfd

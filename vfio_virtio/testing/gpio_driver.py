@@ -103,11 +103,24 @@ class GpioDriver:
         out = b"".join(self.mem.read(a, n) for a, n in bufs)
         return out[:length]
 
+    def arm_interrupt(self, queue: int) -> None:
+        """With VIRTIO_F_EVENT_IDX, ask for an interrupt at the next used entry
+        (used_event = the next entry we will read, 2.7.10), as Linux's virtqueue_enable_cb
+        does; without it a device that honours event idx rightly stays silent."""
+        ring = self.drv.rings[queue]
+        if ring.event_idx:
+            ring.used_event = ring.last_used
+
+    def wait_used(self, queue: int, timeout: float = 5.0) -> list[tuple[int, int]]:
+        """New used elements of ``queue``, waiting for its interrupt (re-armed first)."""
+        self.arm_interrupt(queue)
+        return self.drv.wait_used(queue, timeout)
+
     def complete(self, n: int, timeout: float = 5.0) -> dict[int, bytes]:
         """Wait for ``n`` requestq completions; {head: response bytes (used length)}."""
         got: dict[int, bytes] = {}
         while len(got) < n:
-            for head, length in self.drv.wait_used(REQUESTQ, timeout):
+            for head, length in self.wait_used(REQUESTQ, timeout):
                 got[head] = self.response(REQUESTQ, head, length)
         return got
 
@@ -148,10 +161,10 @@ class GpioDriver:
 
     # --- eventq ---------------------------------------------------------------------------
 
-    def queue_irq(self, gpio: int, kick: bool = True) -> int:
+    def queue_irq(self, gpio: int, kick: bool = True, indirect: bool = False) -> int:
         """Queue an (irq_request, irq_response) pair for ``gpio`` (unmasks it)."""
         ring = self.drv.rings[EVENTQ]
-        head = ring.add(out=[struct.pack("<H", gpio)], in_lens=[1])
+        head = ring.add(out=[struct.pack("<H", gpio)], in_lens=[1], indirect=indirect)
         self._inbufs[(EVENTQ, head)] = list(ring.in_buffers(head))
         self.irq_heads[head] = gpio
         if kick:
@@ -161,7 +174,7 @@ class GpioDriver:
     def events(self, timeout: float = 5.0) -> list[tuple[int, int]]:
         """Wait for eventq completions: [(gpio, status)] (status VALID=1 / INVALID=0)."""
         out = []
-        for head, length in self.drv.wait_used(EVENTQ, timeout):
+        for head, length in self.wait_used(EVENTQ, timeout):
             resp = self.response(EVENTQ, head, length)
             out.append((self.irq_heads.pop(head, -1), resp[0] if resp else -1))
         return out

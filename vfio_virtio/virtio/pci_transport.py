@@ -82,7 +82,8 @@ class VirtioPciTransport:
         self._pci_cfg[:V.VIRTIO_PCI_CAP_LEN] = struct.pack(
             "<BBBBBBxxII", P.PCI_CAP_ID_VNDR, 0, V.VIRTIO_PCI_CFG_CAP_LEN,
             V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
-        self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=_PciCfgWindow(self))
+        self._pci_cfg_window = _PciCfgWindow(self)
+        self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
         core.irq = self
         fn.listener = self
 
@@ -268,8 +269,10 @@ class VirtioPciTransport:
     # --- ISR, device config, notify -------------------------------------------------------
 
     def _isr_read(self, offset: int, count: int) -> bytes:
+        if offset != 0:
+            return bytes(count)                # past the 1-byte structure: no side effect
         val, self.isr = self.isr, 0            # read-to-clear (4.1.4.5)
-        return bytes([val]) + bytes(count - 1) if offset == 0 else bytes(count)
+        return bytes([val]) + bytes(count - 1)
 
     def _devcfg_read(self, offset: int, count: int) -> bytes:
         return self.core.device.config_read(offset, count)
@@ -320,6 +323,7 @@ class VirtioPciTransport:
         self._reset_regs()
         if reason != "driver":
             self.touched = False
+            self._pci_cfg_window.reset()       # config-space registers: function resets only
 
     def on_dma_change(self) -> None:
         self.core.device.on_dma_change() if hasattr(self.core.device, "on_dma_change") else None
@@ -380,5 +384,16 @@ class _PciCfgWindow:
             tgt = self._target()
             if tgt is not None:
                 self.t.fn.ctx._regions[BAR].write(tgt[0], bytes(img[self.DATA:self.DATA + tgt[1]]))
+        self._sync()
+
+    def reset(self) -> None:
+        """Function reset: bar, offset, length and data back to 0 (a previous client's
+        selection, e.g. a reserved bar value, must not outlive it)."""
+        img = self.t._pci_cfg
+        img[4] = 0
+        img[8:self.DATA + 4] = bytes(self.DATA + 4 - 8)
+        self._sync()
+
+    def _sync(self) -> None:
         self.t.fn.cfg[self.t.pci_cfg_offset + 2:self.t.pci_cfg_offset + V.VIRTIO_PCI_CFG_CAP_LEN] = \
-            img[2:]
+            self.t._pci_cfg[2:]
