@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not offer VIRTIO_F_SUSPEND")
     p.add_argument("--reset-lines-on-disconnect", action="store_true",
                    help="when the client goes away, reset lines too (default: keep driving)")
+    p.add_argument("--transport", choices=("pci", "mmio"), default="pci",
+                   help="virtio-pci modern (default) or the virtio-mmio v2 register block "
+                   "in BAR0 (see docs/MMIO.md)")
     p.add_argument("--ring", choices=("c", "py"), default=None,
                    help="virtqueue implementation (default c)")
     p.add_argument("--queue-size", type=_queue_size, default=256,
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         suspend_feature=args.suspend_feature,
                         keep_lines_on_disconnect=not args.reset_lines_on_disconnect,
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
-                        restore=args.restore, extra={"snapshot": args.snapshot})
+                        restore=args.restore, transport=args.transport, extra={"snapshot": args.snapshot})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,7 @@ class ServerConfig:
     queue_size: int = 256
     ready_fd: int | None = None
     restore: str | None = None
+    transport: str = "pci"
     extra: dict = field(default_factory=dict)
 
 
@@ -180,15 +181,21 @@ class GpioServer:
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
         self.dma = DmaTable()
         self.pm = PowerManagement(no_soft_reset=cfg.no_soft_reset)
+        if cfg.transport == "mmio":
+            from .virtio import mmio_transport as front
+            ids = front.pci_ids()
+        else:
+            front, ids = None, gpio_ids()
         old_umask = os.umask(0o077)                 # the socket is created 0600
         try:
-            self.function = PciFunction(sock, gpio_ids(), self.pm, msix_vectors=3, dma=self.dma)
+            self.function = PciFunction(sock, ids, self.pm, msix_vectors=3, dma=self.dma)
         finally:
             os.umask(old_umask)
         self.core = VirtioCore(self.device, self.dma, ring_impl=cfg.ring,
                                offer_suspend=cfg.suspend_feature)
-        self.transport = VirtioPciTransport(self.function, self.core,
-                                            len(self.controller.config_bytes()))
+        transport_cls = front.VirtioMmioTransport if front else VirtioPciTransport
+        self.transport = transport_cls(self.function, self.core,
+                                       len(self.controller.config_bytes()))
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)
