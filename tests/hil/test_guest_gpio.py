@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.testing import guest_pm
 from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio.testing.rig import Rig, hold_output, release_output, wait_host
 
 pytestmark = pytest.mark.hil
 
@@ -23,74 +22,13 @@ NAMES = "led0,led1,btn0,relay,irq0,irq1,spare6,spare7"
 RESULTS = Path(os.environ.get("VV_GUEST_RESULTS", "/tmp/vv-guest-results"))
 
 
-class Rig:
-    """Our server + one guest attached to it."""
-
-    def __init__(self, tmp: Path, *server_args: str) -> None:
-        self.srv = ServerProcess("--lines", "8", "--names", NAMES, *server_args,
-                                 workdir=str(tmp))
-        self.tmp = tmp
-        self.m: GuestMachine | None = None
-        self.addr = ""
-
-    def boot(self, name: str = "guest", extra_args: tuple[str, ...] = ()) -> GuestMachine:
-        dev = {"driver": "vfio-user-pci", "socket": {"type": "unix", "path": self.srv.socket}}
-        self.m = GuestMachine(self.tmp / "logs", devices=[dev], name=name,
-                              extra_args=extra_args)
-        self.m.__enter__()
-        self.m.wait_ready(timeout=120)
-        guest_pm.enable_pm_debug(self.m)
-        rc, out = self.m.run("dirname $(readlink -f /sys/bus/virtio/devices/virtio0)", timeout=20)
-        assert rc == 0, out
-        self.addr = out.strip().rsplit("/", 1)[-1]
-        return self.m
-
-    def host(self) -> ControlClient:
-        return ControlClient(self.srv.control)
-
-    def close(self) -> None:
-        if self.m is not None and self.m.proc is not None:
-            self.m.shutdown(soft_timeout=5, hard_timeout=5)
-            self.m.__exit__(None, None, None)
-        self.srv.stop()
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    r = Rig(tmp_path_factory.mktemp("nsr1"), "--no-soft-reset")
-    r.srv.start()
+    r = Rig(tmp_path_factory.mktemp("nsr1"), "--no-soft-reset", names=NAMES)
+    r.start()
     r.boot()
     yield r
     r.close()
-
-
-def hold_output(m: GuestMachine, line: int, value: int) -> None:
-    """gpioset keeps the line requested (and driven) in the background until killed."""
-    m.run(f"gpioset --mode=signal gpiochip0 {line}={value} & echo $! > /tmp/hold{line}",
-          timeout=10, check=True)
-
-
-def release_output(m: GuestMachine, line: int) -> None:
-    m.run(f"kill $(cat /tmp/hold{line}); wait $(cat /tmp/hold{line}) 2>/dev/null; true",
-          timeout=10)
-
-
-def wait_host(r: Rig, line: int, timeout: float = 30, **want) -> dict:
-    """Wait (event-driven, bounded) until the host sees ``line`` with the wanted fields."""
-    with r.host() as h:
-        now = h.get(line)
-        if all(now.get(k) == v for k, v in want.items()):
-            return now
-        with h.watch() as w:
-            now = h.get(line)
-            if all(now.get(k) == v for k, v in want.items()):
-                return now
-            try:
-                return w.wait_for(lambda e: e.get("line") == line
-                                  and all(e.get(k) == v for k, v in want.items()), timeout)
-            except TimeoutError:
-                raise AssertionError(f"host never saw line {line} with {want} within "
-                                     f"{timeout} s; now {h.get(line)}") from None
 
 
 def record(name: str, data: dict) -> None:
@@ -223,8 +161,7 @@ def test_guest_reboot_resets_lines(rig):
     """8. A guest reboot (platform reset of a function in D0 that the driver used) is a real
     reset: lines return to their reset state; the rebooted guest probes the chip again.
     (-no-reboot would turn the reset into a QEMU exit: this guest resets instead.)"""
-    rig.m.shutdown(soft_timeout=5, hard_timeout=5)
-    rig.m.__exit__(None, None, None)
+    rig.stop_guest()
     m = rig.boot("guest3", extra_args=("-action", "reboot=reset"))
     hold_output(m, 5, 1)
     wait_host(rig, 5, direction="out", value=1)
@@ -238,8 +175,8 @@ def test_guest_reboot_resets_lines(rig):
 
 @pytest.fixture(scope="module")
 def rig_soft(tmp_path_factory):
-    r = Rig(tmp_path_factory.mktemp("nsr0"), "--soft-reset")
-    r.srv.start()
+    r = Rig(tmp_path_factory.mktemp("nsr0"), "--soft-reset", names=NAMES)
+    r.start()
     r.boot()
     yield r
     r.close()

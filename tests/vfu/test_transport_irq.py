@@ -188,8 +188,6 @@ def test_msix_enabled_stops_intx(g):
     assert fired(d.eventfds[1]) and not fired(d.eventfds[0])
 
 
-@pytest.mark.xfail(strict=True, reason="vfio_virtio/pci/function.py _on_reset keeps the "
-                   "MSI-X Enable bit across DEVICE_RESET and lost connection (reported)")
 def test_function_reset_clears_msix_enable(server):
     """PCI 3.0 6.8.2.3 / PCIe 6.6.2 (FLR): MSI-X Enable resets to 0. After a device reset,
     or for the next client after a disconnect, a driver that does not enable MSI-X must get

@@ -189,9 +189,20 @@ class PciFunction:
             return
         log.info("function reset: %s", name)
         self.pm.reset(self.cfg)
+        self._reset_config()
         if kind == vfu.RESET_LOST_CONN:
             self.dma.clear()
         self.soft_reset(name)
+
+    def _reset_config(self) -> None:
+        """A function reset returns MSI-X Enable/Function Mask and Command's Interrupt
+        Disable to their reset values (the client re-programs them)."""
+        pos = self._msix_off + S.PCI_MSIX_FLAGS
+        ctrl = struct.unpack_from("<H", self.cfg, pos)[0]
+        ctrl &= ~(S.PCI_MSIX_FLAGS_ENABLE | S.PCI_MSIX_FLAGS_MASKALL)
+        struct.pack_into("<H", self.cfg, pos, ctrl)
+        cmd = struct.unpack_from("<H", self.cfg, S.PCI_COMMAND)[0]
+        struct.pack_into("<H", self.cfg, S.PCI_COMMAND, cmd & ~S.PCI_COMMAND_INTX_DISABLE)
 
     def _on_dma(self, mapped: bool, iova: int, length: int, vaddr: int, prot: int) -> None:
         if mapped:

@@ -336,6 +336,8 @@ class VirtioPciDriver:
         ring = self.rings[queue]
         deadline = time.monotonic() + timeout
         while True:
+            if self.has(V.VIRTIO_F_EVENT_IDX):
+                ring.used_event = ring.last_used      # re-arm, as virtqueue_enable_cb does
             got = ring.used()
             if got:
                 return got
