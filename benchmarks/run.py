@@ -26,7 +26,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TOP not in sys.path:
     sys.path.insert(0, TOP)
 
-from benchmarks import report, request, resume, ring_bench  # noqa: E402
+from benchmarks import guest_resume, report, request, resume, ring_bench  # noqa: E402
 from benchmarks.common import pin  # noqa: E402
 
 RESULTS = os.path.join(TOP, "benchmarks", "results")
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", help="comma-separated line counts for the resume benchmark")
     ap.add_argument("--guest-resume", metavar="FILE", help="guest-side resume figures (JSON)")
     ap.add_argument("--skip", action="append", default=[],
-                    choices=("resume", "request", "ring"), help="leave a benchmark out")
+                    choices=("resume", "request", "ring", "guest"),
+                    help="leave a benchmark out (the guest one never runs with --quick)")
+    ap.add_argument("--guest-cycles", type=int, default=5, help="suspend cycles per arm")
     args = ap.parse_args(argv)
     if args.cpu < 0 or args.cpu not in os.sched_getaffinity(0):
         ap.error(f"--cpu {args.cpu} is not available to this process")
@@ -127,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         res["request"] = request.run(quick=args.quick, cpu=args.cpu)
     if "ring" not in args.skip:
         res["ring"] = _ring(args.quick)
+    if "guest" not in args.skip and not args.quick and not args.guest_resume:
+        g = guest_resume.run(cycles=max(1, args.guest_cycles))
+        if g is not None:
+            with open(os.path.join(outdir, "guest_resume.json"), "w") as f:
+                json.dump(g, f, indent=1)
     g = find_guest_resume(args.guest_resume, outdir)
     if g:
         res["guest_resume"] = g

@@ -29,10 +29,24 @@ ATTACH_TIMEOUT = 2.0        # vfio_virtio/server.py: a silent new connection is 
 CLIENT_IO_TIMEOUT = 5.0     # vfio_virtio/server.py: a client that stops reading is dropped
 
 
+def open_driver(srv, deadline: float = 10.0) -> GpioDriver:
+    """GpioDriver.open, retrying while the listen backlog is full (libvfio-user listens with
+    backlog 0: while it drains dead connections a non-blocking connect gets EAGAIN, where a
+    blocking one, like QEMU's, would wait)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return GpioDriver.open(srv.socket, timeout=5)
+        except (BlockingIOError, ConnectionRefusedError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.01)          # pacing of the retry, not synchronisation
+
+
 def serves(srv) -> None:
     """The server is alive and a fresh driver gets a working device (3.1.1 + a request)."""
     assert srv.alive(), srv.log_tail()
-    with GpioDriver.open(srv.socket, timeout=5) as d:
+    with open_driver(srv) as d:
         assert d.request(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 1) == bytes(
             [G.VIRTIO_GPIO_STATUS_OK, G.VIRTIO_GPIO_DIRECTION_IN])
 

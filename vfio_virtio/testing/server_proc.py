@@ -21,6 +21,7 @@ class ServerProcess:
     def __init__(self, *args: str, workdir: str | None = None, ready_timeout: float = 15.0,
                  control: bool = True, taskset: str | None = None, env: dict | None = None):
         self.workdir = workdir or tempfile.mkdtemp(prefix="vv-")
+        os.makedirs(self.workdir, exist_ok=True)
         self.socket = os.path.join(self.workdir, "gpio.sock")
         self.control = os.path.join(self.workdir, "control.sock") if control else None
         self.log_path = os.path.join(self.workdir, "server.log")
