@@ -179,6 +179,7 @@ class GpioServer:
         self.controller = GpioController(self.backend, cfg.names)
         self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
+        self.device.defer = lambda fn: self.loop.call_later(0, fn)
         self.dma = DmaTable()
         self.pm = PowerManagement(no_soft_reset=cfg.no_soft_reset)
         if cfg.transport == "mmio":

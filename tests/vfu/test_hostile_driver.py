@@ -254,25 +254,24 @@ def test_status_written_out_of_order(rig):
     srv, d, host = rig
     drv = d.drv
     before = lines(host)
-    S = V
     drv.reset()
-    drv.write_status(S.VIRTIO_CONFIG_S_DRIVER_OK)
-    assert not drv.read_status() & S.VIRTIO_CONFIG_S_DRIVER_OK
+    drv.write_status(V.VIRTIO_CONFIG_S_DRIVER_OK)
+    assert not drv.read_status() & V.VIRTIO_CONFIG_S_DRIVER_OK
     drv.reset()
-    drv.write_status(S.VIRTIO_CONFIG_S_ACKNOWLEDGE | S.VIRTIO_CONFIG_S_DRIVER)
+    drv.write_status(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER)
     drv.write_driver_features(1 << G.VIRTIO_GPIO_F_IRQ)                 # no VERSION_1
-    drv.add_status(S.VIRTIO_CONFIG_S_FEATURES_OK)
-    assert not drv.read_status() & S.VIRTIO_CONFIG_S_FEATURES_OK
+    drv.add_status(V.VIRTIO_CONFIG_S_FEATURES_OK)
+    assert not drv.read_status() & V.VIRTIO_CONFIG_S_FEATURES_OK
     drv.reset()
-    drv.write_status(S.VIRTIO_CONFIG_S_ACKNOWLEDGE | S.VIRTIO_CONFIG_S_DRIVER)
+    drv.write_status(V.VIRTIO_CONFIG_S_ACKNOWLEDGE | V.VIRTIO_CONFIG_S_DRIVER)
     drv.write_driver_features(DEFAULT_FEATURES | 1 << 50)                # never offered
-    drv.add_status(S.VIRTIO_CONFIG_S_FEATURES_OK)
-    assert not drv.read_status() & S.VIRTIO_CONFIG_S_FEATURES_OK
+    drv.add_status(V.VIRTIO_CONFIG_S_FEATURES_OK)
+    assert not drv.read_status() & V.VIRTIO_CONFIG_S_FEATURES_OK
     drv.add_status(NEEDS_RESET)
     assert not drv.read_status() & NEEDS_RESET
     drv.negotiate(DEFAULT_FEATURES)
-    drv.write_status(S.VIRTIO_CONFIG_S_ACKNOWLEDGE)                      # tries to clear bits
-    assert drv.read_status() & S.VIRTIO_CONFIG_S_FEATURES_OK
+    drv.write_status(V.VIRTIO_CONFIG_S_ACKNOWLEDGE)                      # tries to clear bits
+    assert drv.read_status() & V.VIRTIO_CONFIG_S_FEATURES_OK
     drv.write_driver_features(0)                                         # after FEATURES_OK
     drv.common_write(V.VIRTIO_PCI_COMMON_GFSELECT, 1, 4)
     assert drv.common_read(V.VIRTIO_PCI_COMMON_GF, 4) == DEFAULT_FEATURES >> 32
@@ -283,7 +282,7 @@ def test_status_written_out_of_order(rig):
                                       else DEFAULT_FEATURES)
         drv.write_status(rng.choice([0, rng.randrange(1, 256), 0x0F, 0x0B, 0x04, 0x80, 0x40]))
         st = drv.read_status()
-        assert not (st & S.VIRTIO_CONFIG_S_DRIVER_OK and not st & S.VIRTIO_CONFIG_S_FEATURES_OK)
+        assert not (st & V.VIRTIO_CONFIG_S_DRIVER_OK and not st & V.VIRTIO_CONFIG_S_FEATURES_OK)
         assert not st & NEEDS_RESET
     assert_alive(srv, d)
     assert lines(host) == before

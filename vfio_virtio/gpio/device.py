@@ -3,8 +3,11 @@
 Queue 0 is the requestq, queue 1 the eventq (virtio 1.3, 5.17.2). The per-line rules live in
 :class:`~vfio_virtio.gpio.controller.GpioController`; this module only moves bytes between
 descriptor chains and the controller, and completes eventq buffers the controller hands back.
-Malformed chains are completed (with ERR / INVALID where a status fits, else used length 0)
-and the rest of the batch carries on.
+Malformed chains (bad index, loop, bad indirect table, unmapped or wrongly-permitted buffer)
+are completed with used length 0: the device writes nothing into the buffers of a chain it
+could not validate, which the spec allows, and the driver sees a short response (the Linux
+driver checks the used length exactly and reports an error). The rest of the batch carries on.
+A well-formed chain with a bad request gets status ERR.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ class VirtioGpioDevice:
         self.core: VirtioCore | None = None
         self.stats = {"requests": 0, "errors": 0, "events": 0, "malformed": 0}
         self._pend: list[tuple[int, int]] = []     # eventq used entries not yet pushed
+        # Runs work after the current register access has been answered (the server sets it
+        # to its loop's call_later(0, ...)); by default at once.
+        self.defer = lambda fn: fn()
 
     # --- VirtioDevice ---------------------------------------------------------------------
 
@@ -66,8 +72,16 @@ class VirtioGpioDevice:
         self._complete(self.ctl.set_delivery(False))
 
     def resume(self) -> None:
+        """Back from D3hot or SUSPEND. Delivery of latched events and a scan of both queues
+        (buffers added meanwhile) run right after the register write that resumed us has been
+        answered, as a real device resumes its engines asynchronously to the config write."""
+        self.defer(self._resume_work)
+
+    def _resume_work(self) -> None:
+        if self.core is None or not self.core.running:
+            return                            # suspended again, or reset, before we ran
         self._complete(self.ctl.set_delivery(True))
-        for q in (REQUESTQ, EVENTQ):        # buffers the driver added meanwhile
+        for q in (REQUESTQ, EVENTQ):
             self.queue_notify(q)
 
     def reset(self, reason: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from typing import Callable, Protocol
 
 from .._buildid import CFFI_BUILD, check_build_id
@@ -256,12 +257,37 @@ def vv_py_reset(ctx, kind):
         return -_errno_of(e)
 
 
+def _past_end_of_file(vaddr: int, length: int) -> bool:
+    """True when part of host [vaddr, vaddr+length) maps pages past the end of the file that
+    backs it: touching them raises SIGBUS, which would kill the server. A client can send a
+    DMA map larger than its fd (libvfio-user mmaps it without a size check). Best effort:
+    False when it cannot be told (no /proc access to the mapping's file)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                rng, _perms, off = line.split(None, 3)[:3]
+                lo, hi = (int(x, 16) for x in rng.split("-"))
+                if lo <= vaddr < hi:
+                    st = os.stat(f"/proc/self/map_files/{rng}")
+                    return (stat.S_ISREG(st.st_mode)
+                            and int(off, 16) + (vaddr - lo) + length > st.st_size)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 @ffi.def_extern()
 def vv_py_dma(ctx, mapped, info):
     try:
         owner = _owner(ctx)
         if owner.dma_cb is not None:
             vaddr = int(ffi.cast("uintptr_t", info.vaddr))
+            if mapped and vaddr and _past_end_of_file(vaddr, int(info.iova.iov_len)):
+                log.warning("DMA map iova=%#x len=%#x extends past the end of its file: "
+                            "refused (the device will not access it)",
+                            int(ffi.cast("uintptr_t", info.iova.iov_base)),
+                            int(info.iova.iov_len))
+                return
             owner.dma_cb(bool(mapped), int(ffi.cast("uintptr_t", info.iova.iov_base)),
                          int(info.iova.iov_len), vaddr, int(info.prot))
     except Exception:

@@ -156,6 +156,9 @@ class VirtioPciTransport:
         }
 
     def _common_read(self, offset: int, count: int) -> bytes:
+        f = self._fields.get(offset)
+        if f is not None and f.size == count:          # the common case: one whole field
+            return f.get().to_bytes(count, "little")
         out = bytearray(count)
         for foff, f in self._fields.items():
             lo, hi = max(offset, foff), min(offset + count, foff + f.size)
