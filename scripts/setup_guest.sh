@@ -7,13 +7,16 @@
 # (scripts/privapt.sh) download the .debs, apt checks each against the signed index, and they
 # are unpacked with dpkg-deb into a work dir. From linux-source-6.12 only
 # drivers/gpio/gpio-virtio.c is extracted (streamed), and it is built against the matching
-# linux-headers/linux-kbuild unpacked privately.
+# linux-headers/linux-kbuild unpacked privately, together with our own guest module
+# guest/vv_mmio_bridge (the PCI -> virtio-mmio platform device bridge of --transport mmio,
+# docs/MMIO.md), which needs the kernel's virtio_mmio.ko (VIRTIO_MMIO=m) beside it.
 #
 # Output ($VV_CACHE/guest/current -> <key>):
-#   vmlinuz  initramfs.cpio.gz  config  gpio-virtio.ko  release  manifest.txt
+#   vmlinuz  initramfs.cpio.gz  config  gpio-virtio.ko  vv_mmio_bridge.ko  release  manifest.txt
 # <key> hashes the SHA256 (from apt's index) of every input .deb, the host libc6 version (its
 # libs are copied for gpiod), and this script + guest/init. The kernel part (vmlinuz, modules)
-# is cached separately under kernel/<kkey> so an init change only rebuilds the initramfs.
+# is cached separately under kernel/<kkey> (kernel packages + the module lists below + the
+# bridge module's sources) so an init change only rebuilds the initramfs.
 # Fast path: `current` complete, same scripts, private index younger than
 # VV_GUEST_INDEX_MAX_AGE_DAYS (default 7): nothing is resolved. VV_GUEST_REFRESH=1 forces it.
 set -euo pipefail
@@ -26,12 +29,17 @@ base="$VV_CACHE/guest"
 stamp="$base/.index-updated"
 max_age_days=${VV_GUEST_INDEX_MAX_AGE_DAYS:-7}
 # Kernel modules the initramfs carries besides gpio-virtio.ko (their deps are added by modinfo).
-want_modules=(gpio-pci-idio-16)
+want_modules=(gpio-pci-idio-16 virtio_mmio)
 # Module directories extracted from the image package (deps must live here too).
-module_dirs=(kernel/drivers/gpio kernel/drivers/base/regmap)
+module_dirs=(kernel/drivers/gpio kernel/drivers/base/regmap kernel/drivers/virtio)
+# Our own guest module, built out of tree next to gpio-virtio.ko (and loaded after it).
+bridge_src="$top/guest/vv_mmio_bridge"
+bridge_files=("$bridge_src/vv_mmio_bridge.c" "$bridge_src/Kbuild")
 mkdir -p "$base"
 
-scripts_hash=$(cat "$here/setup_guest.sh" "$top/guest/init" | sha256sum | cut -c1-16)
+scripts_hash=$(cat "$here/setup_guest.sh" "$top/guest/init" "${bridge_files[@]}" | sha256sum | cut -c1-16)
+kernel_recipe=$( { printf '%s\n' "${want_modules[@]}" "${module_dirs[@]}"; cat "${bridge_files[@]}"; } \
+                 | sha256sum | cut -c1-16)
 if [[ "${VV_GUEST_REFRESH:-0}" != 1 && -f "$base/current/.complete" && -f "$stamp" \
       && "$(cat "$base/current/scripts-hash" 2>/dev/null)" == "$scripts_hash" \
       && -z "$(find "$stamp" -mtime +"$max_age_days" 2>/dev/null)" ]]; then
@@ -81,8 +89,9 @@ libc=$(dpkg-query -W -f='${Version}' libc6 2>/dev/null) || vv_die "host libc6 no
 
 manifest=$( { for p in "${kpkgs[@]}"; do echo "$p $(deb_sha "$sec" "$p")"; done
               for p in "${upkgs[@]}"; do echo "$p $(deb_sha "$bw" "$p")"; done
+              echo "kernel-recipe=$kernel_recipe"
               echo "host-libc6=$libc"; echo "scripts=$scripts_hash"; } )
-kkey=$(printf '%s\n' "$manifest" | grep '^linux-' | sha256sum | cut -c1-16)
+kkey=$(printf '%s\n' "$manifest" | grep -E '^(linux-|kernel-recipe=)' | sha256sum | cut -c1-16)
 key=$(printf '%s\n' "$manifest" | sha256sum | cut -c1-16)
 dest="$base/$key"
 if [[ -f "$dest/.complete" ]]; then
@@ -137,8 +146,8 @@ if [[ ! -f "$kdir/.complete" ]]; then
         | tar -x -C "$work/src" --wildcards '*/drivers/gpio/gpio-virtio.c'
     gv=$(find "$work/src" -name gpio-virtio.c | head -n1)
     [[ -n "$gv" ]] || vv_die "gpio-virtio.c not found in linux-source-6.12 $kver"
-    cp "$gv" "$work/mod/"
-    echo 'obj-m := gpio-virtio.o' >"$work/mod/Kbuild"
+    cp "$gv" "$bridge_src/vv_mmio_bridge.c" "$work/mod/"
+    echo 'obj-m := gpio-virtio.o vv_mmio_bridge.o' >"$work/mod/Kbuild"
 
     hroot="$work/hroot"; mkdir -p "$hroot"
     for p in linux-headers-"$abi"-amd64 linux-headers-"$abi"-common linux-kbuild-"$abi"; do
@@ -148,13 +157,15 @@ if [[ ! -f "$kdir/.complete" ]]; then
     # The headers Makefile includes the common tree by absolute path: point it at our copy.
     sed -i "s|^include /usr/src/|include $hroot/usr/src/|" "$hdir/Makefile"
     grep -q "^include $hroot/" "$hdir/Makefile" || vv_die "unexpected headers Makefile: $(cat "$hdir/Makefile")"
-    vv_log "building gpio-virtio.ko against $release"
+    vv_log "building gpio-virtio.ko and vv_mmio_bridge.ko against $release"
     make -C "$hdir" M="$work/mod" modules CONFIG_DEBUG_INFO_BTF_MODULES= >"$work/kbuild.log" 2>&1 \
-        || { tail -n 30 "$work/kbuild.log"; vv_die "building gpio-virtio.ko failed (needs bookworm make gcc-12)"; }
-    [[ "$(modinfo -F vermagic "$work/mod/gpio-virtio.ko" | awk '{print $1}')" == "$release" ]] \
-        || vv_die "gpio-virtio.ko vermagic does not match $release"
-    cp "$work/mod/gpio-virtio.ko" "$kdir/modules/"
-    echo gpio-virtio.ko >>"$kdir/modules/load.list"
+        || { tail -n 30 "$work/kbuild.log"; vv_die "building gpio-virtio.ko/vv_mmio_bridge.ko failed (needs bookworm make gcc-12)"; }
+    for ko in gpio-virtio.ko vv_mmio_bridge.ko; do
+        [[ "$(modinfo -F vermagic "$work/mod/$ko" | awk '{print $1}')" == "$release" ]] \
+            || vv_die "$ko vermagic does not match $release"
+        cp "$work/mod/$ko" "$kdir/modules/"
+        echo "$ko" >>"$kdir/modules/load.list"
+    done
     printf '%s\n' "${kpkgs[@]}" >"$kdir/packages.txt"
     touch "$kdir/.complete"
     rm -rf "$work/debs"/*.deb "$hroot" "$work/src" "$work/lib" "$work/boot"
@@ -195,7 +206,8 @@ echo "$release" >"$st/etc/vv-release"
 rm -rf "$dest"; mkdir -p "$dest"
 (cd "$st" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
     | cpio --null -o -H newc -R 0:0 --reproducible --quiet) | gzip -9n >"$dest/initramfs.cpio.gz"
-cp "$kdir/vmlinuz" "$kdir/config" "$kdir/release" "$kdir/modules/gpio-virtio.ko" "$dest/"
+cp "$kdir/vmlinuz" "$kdir/config" "$kdir/release" "$kdir/modules/gpio-virtio.ko" \
+   "$kdir/modules/vv_mmio_bridge.ko" "$dest/"
 cp "$kdir/modules/load.list" "$dest/modules.txt"
 printf '%s\n' "$manifest" >"$dest/manifest.txt"
 echo "$scripts_hash" >"$dest/scripts-hash"

@@ -102,3 +102,9 @@ class Backend(abc.ABC):
         """Raise ValueError unless ``line`` is an int in ``0 .. nlines-1``."""
         if not isinstance(line, int) or isinstance(line, bool) or not 0 <= line < self.nlines:
             raise ValueError(f"line {line!r} out of range 0..{self.nlines - 1}")
+
+    def check_direction(self, line: int, direction: int) -> None:
+        """Raise ValueError unless ``line`` is valid and ``direction`` is NONE, OUT or IN."""
+        self.check_line(line)
+        if direction not in (DIR_NONE, DIR_OUT, DIR_IN):
+            raise ValueError(f"bad direction {direction!r}")

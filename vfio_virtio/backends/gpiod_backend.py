@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from .base import (DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH, EDGE_FALLING, EDGE_NONE,
+from .base import (DIR_IN, DIR_OUT, EDGE_BOTH, EDGE_FALLING, EDGE_NONE,
                    EDGE_RISING, EDGES, Backend, BackendError)
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,7 @@ class GpiodBackend(Backend):
         return self._dir[line]
 
     def set_direction(self, line: int, direction: int, value: int = 0) -> None:
-        self.check_line(line)
-        if direction not in (DIR_NONE, DIR_OUT, DIR_IN):
-            raise ValueError(f"bad direction {direction!r}")
+        self.check_direction(line, direction)
         old = (self._dir[line], self._out[line], self._edge[line])
         self._dir[line] = direction
         if direction == DIR_OUT:

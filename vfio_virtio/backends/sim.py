@@ -20,7 +20,7 @@ import os
 import threading
 from typing import Callable
 
-from .base import DIR_IN, DIR_NONE, DIR_OUT, DIRECTION_NAMES, EDGES, EDGE_NONE, Backend
+from .base import DIR_IN, DIR_OUT, DIRECTION_NAMES, EDGES, EDGE_NONE, Backend
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ class SimBackend(Backend):
         return self._dir[line]
 
     def set_direction(self, line: int, direction: int, value: int = 0) -> None:
-        self.check_line(line)
-        if direction not in (DIR_NONE, DIR_OUT, DIR_IN):
-            raise ValueError(f"bad direction {direction!r}")
+        self.check_direction(line, direction)
         with self._lock:
             before = self._visible(line)
             self._dir[line] = direction
