@@ -5,6 +5,8 @@ VIRTIO_F_SUSPEND, snapshots into a second process, and the lost-connection polic
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from vfio_virtio.backends.control import ControlClient
@@ -66,15 +68,27 @@ def test_d3hot_round_trip_in_the_middle_of_traffic(server_factory, nsr):
 
 
 def qemu_wake_reset(d: GpioDriver) -> None:
-    """QEMU's vfio_pci_pre_reset + vfio-user reset + post_reset, as on S3 wake and every
-    system reset: interrupts off, PMCSR -> D0, Command cleared, DEVICE_RESET, MSI-X back."""
-    d.client.disable_irqs(U.VFIO_PCI_MSIX_IRQ_INDEX)
-    d.drv.set_power_state(P.PCI_D0)
-    cmd = d.client.cfg_read16(P.PCI_COMMAND)
-    d.client.cfg_write16(P.PCI_COMMAND, cmd & ~0x7)
-    d.client.device_reset()
-    d.client.cfg_write16(P.PCI_COMMAND, cmd)
-    d.drv.enable_msix()
+    """The message sequence a real QEMU 11 vfio-user client sends on S3 wake (and on every
+    system reset), as captured from our server's log (docs/PM.md): MSI-X off, INTx on and off,
+    Command cleared, PMCSR -> D0 (read back), VFIO_USER_DEVICE_RESET, INTx on; the guest's
+    PCI resume then restores Command and MSI-X."""
+    c = d.client
+    c.disable_irqs(U.VFIO_PCI_MSIX_IRQ_INDEX)
+    intx = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        c.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx])
+        c.disable_irqs(U.VFIO_PCI_INTX_IRQ_INDEX)
+        cmd = c.cfg_read16(P.PCI_COMMAND)
+        c.cfg_write16(P.PCI_COMMAND, cmd & ~0x7)
+        d.drv.set_power_state(P.PCI_D0)
+        assert d.drv.power_state() == P.PCI_D0
+        c.device_reset()
+        c.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx])
+        c.disable_irqs(U.VFIO_PCI_INTX_IRQ_INDEX)
+        c.cfg_write16(P.PCI_COMMAND, cmd)
+        d.drv.enable_msix()
+    finally:
+        os.close(intx)
 
 
 @pytest.mark.parametrize("nsr", [True, False], ids=["no_soft_reset", "soft_reset"])
