@@ -90,6 +90,7 @@ class PciFunction:
         self.dma = dma if dma is not None else DmaTable()
         self.listener: FunctionListener | None = None
         self._cb_caps: list[tuple[int, int, BarHandler]] = []   # (offset, size, handler)
+        self._bars: dict[int, _GatedBar] = {}
         self.ctx = vfu.Context(socket_path)
         ctx = self.ctx
         ctx.pci_init(express=True)
@@ -131,8 +132,17 @@ class PciFunction:
         """A 32-bit memory BAR (size a power of two >= 4 KiB) served by ``handler``."""
         if idx == self.MSIX_BAR or not 0 <= idx <= 5:
             raise ValueError(f"BAR{idx} is not available")
-        self.ctx.setup_region(vfu.BAR0 + idx, size, _GatedBar(self, idx, handler),
+        self._bars[idx] = _GatedBar(self, idx, handler)
+        self.ctx.setup_region(vfu.BAR0 + idx, size, self._bars[idx],
                               vfu.REGION_RW | vfu.REGION_MEM)
+
+    def bar_read(self, idx: int, offset: int, count: int) -> bytes:
+        """A BAR access from inside the function (e.g. virtio's PCI_CFG window), gated by
+        the power state like a client's."""
+        return self._bars[idx].read(offset, count)
+
+    def bar_write(self, idx: int, offset: int, data: bytes) -> None:
+        self._bars[idx].write(offset, data)
 
     def add_vendor_cap(self, data: bytes, handler: BarHandler | None = None) -> int:
         """A vendor-specific capability; read-only unless ``handler`` takes its accesses."""

@@ -37,6 +37,7 @@ class VirtioDevice(Protocol):
     def resume(self) -> None: ...                    # process again, deliver what waited
     def reset(self, reason: str) -> None: ...        # virtio reset: drop held buffers
     def queue_reset(self, index: int) -> None: ...   # one queue reset (RING_RESET)
+    def on_dma_change(self) -> None: ...             # guest memory was mapped or unmapped
     def get_state(self) -> dict: ...
     def set_state(self, d: dict) -> None: ...
 
@@ -162,7 +163,8 @@ class VirtioCore:
 
     def enable_queue(self, index: int) -> None:
         """queue_enable: the ring features are fixed now (the driver enables queues after
-        FEATURES_OK and before DRIVER_OK, 3.1.1). Raises ValueError for a bad ring."""
+        FEATURES_OK and before DRIVER_OK, 3.1.1). A bad ring marks the queue broken; the
+        device reports DEVICE_NEEDS_RESET when it first uses it."""
         q = self.queues[index]
         q.event_idx = self.has(V.VIRTIO_F_EVENT_IDX)
         q.indirect = self.has(V.VIRTIO_F_INDIRECT_DESC)

@@ -252,11 +252,7 @@ class VirtioPciTransport:
             return                              # writing 0 is forbidden to the driver
         if q.enabled:
             return
-        try:
-            self.core.enable_queue(self.queue_select)
-        except ValueError as e:
-            self.core.needs_reset(f"queue {self.queue_select}: {e}")
-            return
+        self.core.enable_queue(self.queue_select)
         self.queue_reset_pending[self.queue_select] = False
 
     def _get_qreset(self) -> int:
@@ -329,7 +325,7 @@ class VirtioPciTransport:
             self._pci_cfg_window.reset()       # config-space registers: function resets only
 
     def on_dma_change(self) -> None:
-        self.core.device.on_dma_change() if hasattr(self.core.device, "on_dma_change") else None
+        self.core.device.on_dma_change()
 
     def get_state(self) -> dict:
         return {"dfselect": self.dfselect, "gfselect": self.gfselect,
@@ -373,7 +369,7 @@ class _PciCfgWindow:
             tgt = self._target()
             data = bytearray(4)
             if tgt is not None:
-                data[:tgt[1]] = self.t.fn.ctx._regions[BAR].read(tgt[0], tgt[1])
+                data[:tgt[1]] = self.t.fn.bar_read(BAR, tgt[0], tgt[1])
             img[self.DATA:self.DATA + 4] = data
         return bytes(img[offset:offset + count])
 
@@ -386,7 +382,7 @@ class _PciCfgWindow:
         if offset + len(data) > self.DATA:
             tgt = self._target()
             if tgt is not None:
-                self.t.fn.ctx._regions[BAR].write(tgt[0], bytes(img[self.DATA:self.DATA + tgt[1]]))
+                self.t.fn.bar_write(BAR, tgt[0], bytes(img[self.DATA:self.DATA + tgt[1]]))
         self._sync()
 
     def reset(self) -> None:
