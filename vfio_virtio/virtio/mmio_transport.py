@@ -10,7 +10,8 @@ One interrupt carries both notification kinds (4.2.3.4): MSI-X vector 0 when the
 enabled MSI-X, INTx otherwise. InterruptStatus shows the reasons until InterruptACK clears
 them (4.2.2.1). INTx over vfio is an edge on an eventfd that the client turns into a level it
 drops at the next BAR access; to keep the line's level meaning (asserted while
-InterruptStatus != 0), every BAR access that leaves bits pending asserts it again.
+InterruptStatus != 0), every BAR access that leaves bits pending asserts it again (except
+the read of InterruptStatus itself, which the driver's handler follows with InterruptACK).
 """
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ class VirtioMmioTransport:
         else:
             get = self._reads.get(offset)
             data = (get() & 0xFFFFFFFF if get else 0).to_bytes(4, "little")
+            if offset == M.InterruptStatus:
+                return data            # the handler's ACK comes next: no second edge
         self._reassert_intx()
         return data
 
