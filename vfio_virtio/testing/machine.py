@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import select
@@ -35,6 +36,13 @@ from .qmp import QMPClient, QMPError
 __all__ = ["GuestError", "GuestMachine", "log_tail"]
 
 _END_RE = re.compile(r"^VV-END (\S+) rc=(-?\d+)$")
+
+
+log = logging.getLogger(__name__)
+
+
+class GuestLineError(RuntimeError):
+    """The guest runner rejected a garbled control line (nothing was run)."""
 
 
 class GuestError(RuntimeError):
@@ -246,7 +254,7 @@ class GuestMachine:
             line = self._read_line(deadline, f"command {cid}")
             if not line.startswith("VV-BEGIN "):
                 if line.startswith("VV-ERROR"):
-                    raise self.error(f"guest protocol error: {line}")
+                    raise GuestLineError(line)
                 continue
             rid = line.split(" ", 1)[1]
             chunks = []
@@ -269,8 +277,18 @@ class GuestMachine:
 
         rc 137 means the guest-side timeout killed it. ``check`` raises on rc != 0.
         """
-        cid = self.start(cmd, timeout)
-        rc, out = self.wait(cid, timeout + 10.0)
+        for attempt in (1, 2):
+            cid = self.start(cmd, timeout)
+            try:
+                rc, out = self.wait(cid, timeout + 10.0)
+                break
+            except GuestLineError as e:
+                # The 16550 control port occasionally loses the start of a line (seen under
+                # heavy host load); the runner rejects it before running anything, so one
+                # resend is safe. A second failure is a real protocol problem.
+                if attempt == 2:
+                    raise self.error(f"guest protocol error: {e}") from None
+                log.warning("guest rejected a garbled control line (%s): resending", e)
         if check and rc != 0:
             raise self.error(f"guest command failed (rc={rc}): {cmd}\n{out}")
         return rc, out
