@@ -41,10 +41,6 @@ _END_RE = re.compile(r"^VV-END (\S+) rc=(-?\d+)$")
 log = logging.getLogger(__name__)
 
 
-class GuestLineError(RuntimeError):
-    """The guest runner rejected a garbled control line (nothing was run)."""
-
-
 class GuestError(RuntimeError):
     """The guest or QEMU misbehaved (timeout, early exit, protocol error); logs attached."""
 
@@ -95,6 +91,8 @@ class GuestMachine:
         self._buf = b""
         self._next_id = 0
         self._results: dict[str, tuple[int, str]] = {}
+        self._unanswered: list[tuple[str, int, str]] = []   # RUNs sent, no reply begun yet
+        self._resent: dict[str, int] = {}
         self._started_at = 0.0
         self._stderr_file: Any = None
         self.console: ConsoleReader | None = None
@@ -239,11 +237,31 @@ class GuestMachine:
         cid = str(self._next_id)
         b64 = base64.b64encode(cmd.encode()).decode()
         tsec = 0 if timeout <= 0 else int(-(-timeout // 1))
+        self._send_run(cid, tsec, b64)
+        self._unanswered.append((cid, tsec, b64))
+        return cid
+
+    def _send_run(self, cid: str, tsec: int, b64: str) -> None:
         try:
             self._ctl.sendall(f"RUN {cid} {tsec} {b64}\n".encode())
         except OSError as exc:
             raise self.error(f"control port send failed: {exc}") from exc
-        return cid
+
+    def _resend_garbled(self, line: str) -> None:
+        """The runner answers every line in order, a RUN with VV-BEGIN..VV-END and a line it
+        cannot parse with VV-ERROR, so a VV-ERROR belongs to the earliest unanswered RUN.
+        The 16550 control port occasionally loses the start of a line (seen under heavy host
+        load); nothing ran, so resending is safe. Twice for one command is a real error."""
+        if not self._unanswered:
+            raise self.error(f"guest protocol error: {line}")
+        cid, tsec, b64 = self._unanswered.pop(0)
+        self._resent[cid] = self._resent.get(cid, 0) + 1
+        if self._resent[cid] > 2:
+            raise self.error(f"guest protocol error for command {cid}: {line}")
+        log.warning("guest rejected a garbled control line (%s): resending command %s",
+                    line, cid)
+        self._send_run(cid, tsec, b64)
+        self._unanswered.append((cid, tsec, b64))
 
     def wait(self, cid: str, timeout: float) -> tuple[int, str]:
         """Wait for the result of command ``cid``: ``(exit code, output)``."""
@@ -254,9 +272,10 @@ class GuestMachine:
             line = self._read_line(deadline, f"command {cid}")
             if not line.startswith("VV-BEGIN "):
                 if line.startswith("VV-ERROR"):
-                    raise GuestLineError(line)
+                    self._resend_garbled(line)
                 continue
             rid = line.split(" ", 1)[1]
+            self._unanswered = [u for u in self._unanswered if u[0] != rid]
             chunks = []
             while True:
                 line = self._read_line(deadline, f"end of command {rid}")
@@ -277,18 +296,8 @@ class GuestMachine:
 
         rc 137 means the guest-side timeout killed it. ``check`` raises on rc != 0.
         """
-        for attempt in (1, 2):
-            cid = self.start(cmd, timeout)
-            try:
-                rc, out = self.wait(cid, timeout + 10.0)
-                break
-            except GuestLineError as e:
-                # The 16550 control port occasionally loses the start of a line (seen under
-                # heavy host load); the runner rejects it before running anything, so one
-                # resend is safe. A second failure is a real protocol problem.
-                if attempt == 2:
-                    raise self.error(f"guest protocol error: {e}") from None
-                log.warning("guest rejected a garbled control line (%s): resending", e)
+        cid = self.start(cmd, timeout)
+        rc, out = self.wait(cid, timeout + 10.0)
         if check and rc != 0:
             raise self.error(f"guest command failed (rc={rc}): {cmd}\n{out}")
         return rc, out
