@@ -21,6 +21,7 @@ from vfio_virtio.testing.guestmem import GuestMemory
 from vfio_virtio.testing.vfio_user import VfioUserClient
 from vfio_virtio.virtio import mmio_spec as M
 from vfio_virtio.virtio import spec as V
+from vfio_virtio.testing.virtio_driver_base import VirtioDriverBase
 
 BAR = 0
 
@@ -29,7 +30,7 @@ class VirtioMmioError(RuntimeError):
     """The device broke a rule of virtio 1.3 section 4.2 as seen by a driver."""
 
 
-class VirtioMmioDriver:
+class VirtioMmioDriver(VirtioDriverBase):
     """A virtio-mmio v2 driver: discovery (4.2.3.1), initialization (3.1.1, 4.2.3.2),
     queues (4.2.3.2), notifications (4.2.3.3), the interrupt (4.2.3.4).
 
@@ -37,6 +38,8 @@ class VirtioMmioDriver:
     at construction unless ``map_dma`` is False. Raises VirtioMmioError if MagicValue or
     Version are wrong, or DeviceID is 0 (a placeholder device, 4.2.3.1.1).
     """
+
+    error = VirtioMmioError
 
     def __init__(self, client: VfioUserClient, mem: GuestMemory | None = None, *,
                  map_dma: bool = True, irq: str = "intx", check: bool = True) -> None:
@@ -118,25 +121,6 @@ class VirtioMmioDriver:
             self.write32(M.DriverFeaturesSel, sel)
             self.write32(M.DriverFeatures, features >> (32 * sel))
 
-    def negotiate(self, wanted: int | None = None, reset: bool = True) -> int:
-        """3.1.1 steps 1-6; raises VirtioMmioError (after setting FAILED) if FEATURES_OK
-        does not stick."""
-        if reset:
-            self.reset()
-        self.add_status(V.VIRTIO_CONFIG_S_ACKNOWLEDGE)
-        self.add_status(V.VIRTIO_CONFIG_S_DRIVER)
-        offered = self.device_features()
-        accepted = offered if wanted is None else offered & wanted
-        self.write_driver_features(accepted)
-        self.add_status(V.VIRTIO_CONFIG_S_FEATURES_OK)
-        if not self.read_status() & V.VIRTIO_CONFIG_S_FEATURES_OK:
-            self.add_status(V.VIRTIO_CONFIG_S_FAILED)
-            raise VirtioMmioError(f"device refused features {accepted:#x}")
-        self.features = accepted
-        return accepted
-
-    def has(self, bit: int) -> bool:
-        return bool(self.features >> bit & 1)
 
     def select_queue(self, index: int) -> None:
         self.write32(M.QueueSel, index)

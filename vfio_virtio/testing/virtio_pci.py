@@ -21,6 +21,7 @@ from vfio_virtio.testing.driver_ring import DriverRing
 from vfio_virtio.testing.guestmem import GuestMemory
 from vfio_virtio.testing.vfio_user import VfioUserClient
 from vfio_virtio.virtio import spec as V
+from vfio_virtio.testing.virtio_driver_base import VirtioDriverBase
 
 _CAP = struct.Struct("<BBBBBB2xII")      # 4.1.4 struct virtio_pci_cap
 
@@ -55,13 +56,15 @@ class MsixCap:
     pba_offset: int
 
 
-class VirtioPciDriver:
+class VirtioPciDriver(VirtioDriverBase):
     """A virtio-pci modern driver: capability walk (4.1.4), initialization (3.1.1),
     queues (4.1.5.1.3), notifications (4.1.4.4), MSI-X (4.1.5.1.2).
 
     ``mem`` is DMA-mapped whole, READ|WRITE, at construction (``map_dma=False`` to
     skip). Raises VirtioPciError when the capability list is unusable.
     """
+
+    error = VirtioPciError
 
     def __init__(self, client: VfioUserClient, mem: GuestMemory | None = None, *,
                  map_dma: bool = True) -> None:
@@ -187,27 +190,6 @@ class VirtioPciDriver:
             self.common_write(V.VIRTIO_PCI_COMMON_GFSELECT, sel, 4)
             self.common_write(V.VIRTIO_PCI_COMMON_GF, (features >> (32 * sel)) & 0xFFFFFFFF, 4)
 
-    def negotiate(self, wanted: int | None = None, reset: bool = True) -> int:
-        """3.1.1 steps 1-6: reset, ACKNOWLEDGE, DRIVER, read features, write the
-        subset we accept (``wanted`` & offered; all offered if None), FEATURES_OK,
-        and re-read status: if FEATURES_OK did not stick, set FAILED and raise."""
-        if reset:
-            self.reset()
-        self.add_status(V.VIRTIO_CONFIG_S_ACKNOWLEDGE)
-        self.add_status(V.VIRTIO_CONFIG_S_DRIVER)
-        offered = self.device_features()
-        accepted = offered if wanted is None else offered & wanted
-        self.write_driver_features(accepted)
-        self.add_status(V.VIRTIO_CONFIG_S_FEATURES_OK)
-        if not self.read_status() & V.VIRTIO_CONFIG_S_FEATURES_OK:
-            self.add_status(V.VIRTIO_CONFIG_S_FAILED)
-            raise VirtioPciError(f"device refused features {accepted:#x}")
-        self.features = accepted
-        return accepted
-
-    def has(self, bit: int) -> bool:
-        """True if feature ``bit`` was negotiated."""
-        return bool(self.features >> bit & 1)
 
     def setup_queue(self, index: int, size: int | None = None, vector: int | None = None) -> DriverRing:
         """4.1.5.1.3: select the queue, read its maximum size (0: unavailable), write a

@@ -161,6 +161,25 @@ class VirtioCore:
             return True            # nothing else changes while suspended
         return False
 
+    def queue_configurable(self, index: int) -> bool:
+        """Queue configuration writes count only for an existing queue that is not enabled
+        (the driver configures a queue before enabling it, 4.1.4.3.2 / 4.2.3.2)."""
+        if not 0 <= index < len(self.queues) or self.queues[index].enabled:
+            log.debug("queue %d: configuration write ignored (absent or enabled)", index)
+            return False
+        return True
+
+    def set_queue_size(self, index: int, size: int) -> None:
+        """The driver's queue size: a split ring's size is a power of 2 no larger than the
+        maximum (2.7); anything else is ignored and the previous size reads back."""
+        if not self.queue_configurable(index):
+            return
+        q = self.queues[index]
+        if size == 0 or size & (size - 1) or size > q.max_size:
+            log.warning("queue %d: invalid size %d ignored", index, size)
+            return
+        q.size = size
+
     def enable_queue(self, index: int) -> None:
         """queue_enable: the ring features are fixed now (the driver enables queues after
         FEATURES_OK and before DRIVER_OK, 3.1.1). A bad ring marks the queue broken; the

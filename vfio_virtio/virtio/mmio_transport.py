@@ -177,21 +177,10 @@ class VirtioMmioTransport:
         self.queue_select = v                   # out of range: QueueNumMax reads 0
 
     def _configurable(self) -> bool:
-        q = self._q()
-        if q is None or q.enabled:
-            log.debug("queue %d: configuration write ignored (absent or ready)",
-                      self.queue_select)
-            return False
-        return True
+        return self.core.queue_configurable(self.queue_select)
 
     def _set_qnum(self, v: int) -> None:
-        if not self._configurable():
-            return
-        q = self._q()
-        if v == 0 or v & (v - 1) or v > q.max_size:   # split ring: power of 2, <= max (2.7)
-            log.warning("queue %d: invalid QueueNum %d ignored", self.queue_select, v)
-            return
-        q.size = v
+        self.core.set_queue_size(self.queue_select, v)
 
     def _set_qaddr(self, attr: str, v: int, shift: int) -> None:
         if self._configurable():

@@ -219,21 +219,10 @@ class VirtioPciTransport:
         self.queue_select = v                   # out of range: queue_size reads 0 (4.1.4.3.2)
 
     def _configurable(self) -> bool:
-        q = self._q()
-        if q is None or q.enabled:
-            log.debug("queue %d: configuration write ignored (absent or enabled)",
-                      self.queue_select)
-            return False
-        return True
+        return self.core.queue_configurable(self.queue_select)
 
     def _set_qsize(self, v: int) -> None:
-        if not self._configurable():
-            return
-        q = self._q()
-        if v == 0 or v & (v - 1) or v > q.max_size:   # split ring: power of 2, <= max (2.7)
-            log.warning("queue %d: invalid size %d ignored", self.queue_select, v)
-            return
-        q.size = v
+        self.core.set_queue_size(self.queue_select, v)
 
     def _get_qvec(self) -> int:
         return self.queue_vectors[self.queue_select] if self._q() else V.VIRTIO_MSI_NO_VECTOR
