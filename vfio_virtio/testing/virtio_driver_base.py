@@ -6,7 +6,7 @@ from ..virtio import spec as V
 
 class VirtioDriverBase:
     """Subclasses provide reset(), add_status(), read_status(), device_features(),
-    write_driver_features() and ``error`` (the exception class they raise)."""
+    write_driver_features(), kick(), ``rings`` and ``error`` (the exception they raise)."""
 
     error: type[Exception] = RuntimeError
     features = 0
@@ -32,3 +32,10 @@ class VirtioDriverBase:
     def has(self, bit: int) -> bool:
         """True if feature ``bit`` was negotiated."""
         return bool(self.features >> bit & 1)
+
+    def kick_if_needed(self, queue: int) -> bool:
+        """Kick only when the ring's notification suppression allows (2.7.10)."""
+        if self.rings[queue].kick_needed():
+            self.kick(queue)
+            return True
+        return False

@@ -221,12 +221,6 @@ class VirtioMmioDriver(VirtioDriverBase):
         """4.2.3.3: write the queue index to QueueNotify."""
         self.write32(M.QueueNotify, queue)
 
-    def kick_if_needed(self, queue: int) -> bool:
-        if self.rings[queue].kick_needed():
-            self.kick(queue)
-            return True
-        return False
-
     def wait_used(self, queue: int, timeout: float = 5.0) -> list[tuple[int, int]]:
         """New used elements of ``queue``, waiting on the interrupt and handling it."""
         ring = self.rings[queue]

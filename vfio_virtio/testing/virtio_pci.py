@@ -306,13 +306,6 @@ class VirtioPciDriver(VirtioDriverBase):
         else:
             self.client.region_write(bar, off, vq.to_bytes(2, "little"))
 
-    def kick_if_needed(self, queue: int) -> bool:
-        """Kick only when the ring's notification suppression allows (2.7.10)."""
-        if self.rings[queue].kick_needed():
-            self.kick(queue)
-            return True
-        return False
-
     def wait_used(self, queue: int, timeout: float = 5.0) -> list[tuple[int, int]]:
         """New used elements of ``queue``, waiting on its MSI-X vector up to ``timeout``."""
         ring = self.rings[queue]

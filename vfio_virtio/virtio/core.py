@@ -82,6 +82,25 @@ class VirtioCore:
             return
         self.driver_features = value & ((1 << 64) - 1)
 
+    @staticmethod
+    def _window(bits: int, select: int) -> int:
+        """32-bit feature window ``select`` (features are 64 bits here: 2+ read 0)."""
+        return (bits >> (32 * select)) & 0xFFFFFFFF if select < 2 else 0
+
+    def device_feature_window(self, select: int) -> int:
+        return self._window(self.device_features, select)
+
+    def driver_feature_window(self, select: int) -> int:
+        return self._window(self.driver_features, select)
+
+    def set_driver_feature_window(self, select: int, value: int) -> None:
+        """A 32-bit driver feature write through window ``select`` (2+: ignored)."""
+        if select >= 2:
+            return
+        shift = 32 * select
+        self.set_driver_features(self.driver_features & ~(0xFFFFFFFF << shift)
+                                 | (value & 0xFFFFFFFF) << shift)
+
     def _features_acceptable(self) -> bool:
         f = self.driver_features
         if f & ~self.device_features:

@@ -148,15 +148,10 @@ class VirtioMmioTransport:
         self.gfselect = v
 
     def _get_df(self) -> int:
-        return (self.core.device_features >> (32 * self.dfselect)) & 0xFFFFFFFF \
-            if self.dfselect < 2 else 0
+        return self.core.device_feature_window(self.dfselect)
 
     def _set_gf(self, v: int) -> None:
-        if self.gfselect >= 2:
-            return                              # no feature bits above 63
-        shift = 32 * self.gfselect
-        self.core.set_driver_features(
-            self.core.driver_features & ~(0xFFFFFFFF << shift) | (v << shift))
+        self.core.set_driver_feature_window(self.gfselect, v)
 
     # --- status ---------------------------------------------------------------------------
 

@@ -187,19 +187,13 @@ class VirtioPciTransport:
         self.gfselect = v
 
     def _get_df(self) -> int:
-        return (self.core.device_features >> (32 * self.dfselect)) & 0xFFFFFFFF \
-            if self.dfselect < 2 else 0
+        return self.core.device_feature_window(self.dfselect)
 
     def _get_gf(self) -> int:
-        return (self.core.driver_features >> (32 * self.gfselect)) & 0xFFFFFFFF \
-            if self.gfselect < 2 else 0
+        return self.core.driver_feature_window(self.gfselect)
 
     def _set_gf(self, v: int) -> None:
-        if self.gfselect >= 2:
-            return                              # no feature bits above 63: writes ignored
-        shift = 32 * self.gfselect
-        f = self.core.driver_features & ~(0xFFFFFFFF << shift) | (v << shift)
-        self.core.set_driver_features(f)
+        self.core.set_driver_feature_window(self.gfselect, v)
 
     def _valid_vector(self, v: int) -> int:
         # 4.1.5.1.2: a vector the device cannot map reads back NO_VECTOR.
