@@ -103,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         suspend_feature=args.suspend_feature,
                         keep_lines_on_disconnect=not args.reset_lines_on_disconnect,
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
-                        restore=args.restore, transport=args.transport, extra={"snapshot": args.snapshot})
+                        restore=args.restore, transport=args.transport, snapshot=args.snapshot)
 
 
 def main(argv: list[str] | None = None) -> int:

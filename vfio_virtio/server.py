@@ -16,7 +16,7 @@ import signal
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .backends import make_backend
 from .backends.control import ControlServer
@@ -107,7 +107,7 @@ class ServerConfig:
     ready_fd: int | None = None
     restore: str | None = None
     transport: str = "pci"
-    extra: dict = field(default_factory=dict)
+    snapshot: str | None = None         # saved on SIGUSR1 and at exit
 
 
 def gpio_ids() -> PciIds:
@@ -325,9 +325,9 @@ class GpioServer:
                 data = r.recv(64)
             except BlockingIOError:
                 return
-            if signal.SIGUSR1 in data and self.cfg.extra.get("snapshot"):
+            if signal.SIGUSR1 in data and self.cfg.snapshot:
                 try:
-                    self.save_snapshot(self.cfg.extra["snapshot"])
+                    self.save_snapshot(self.cfg.snapshot)
                 except OSError as e:
                     log.error("snapshot: %s", e)
             if any(b in (signal.SIGINT, signal.SIGTERM) for b in data):

@@ -5,21 +5,17 @@ One boot per No_Soft_Reset setting (module-scoped) keeps the suite fast under TC
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
 from vfio_virtio.testing import guest_pm
 from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.rig import Rig, hold_output, release_output, wait_host
+from vfio_virtio.testing.rig import Rig, hold_output, record, release_output, wait_host
 
 pytestmark = pytest.mark.hil
 
 NAMES = "led0,led1,btn0,relay,irq0,irq1,spare6,spare7"
-RESULTS = Path(os.environ.get("VV_GUEST_RESULTS", "/tmp/vv-guest-results"))
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +25,6 @@ def rig(tmp_path_factory):
     r.boot()
     yield r
     r.close()
-
-
-def record(name: str, data: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
 
 
 def test_probe_binds_stock_driver(rig):

@@ -7,20 +7,16 @@ One boot for the module; the suspend test leaves gpio-virtio wedged, so it runs 
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 
 from vfio_virtio.testing import guest_pm
-from vfio_virtio.testing.rig import Rig, hold_output, release_output, wait_host
+from vfio_virtio.testing.rig import Rig, hold_output, record, release_output, wait_host
 
 pytestmark = pytest.mark.hil
 
 NAMES = "led0,led1,btn0,relay,irq0,irq1,spare6,spare7"
-RESULTS = Path(os.environ.get("VV_GUEST_RESULTS", "/tmp/vv-guest-results"))
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +30,6 @@ def rig(tmp_path_factory):
     r.pci = out.strip()
     yield r
     r.close()
-
-
-def record(name: str, data: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
 
 
 def test_probe_binds_virtio_mmio_and_gpio_virtio(rig):

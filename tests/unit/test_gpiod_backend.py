@@ -14,7 +14,7 @@ gpiod = pytest.importorskip("gpiod", reason="libgpiod 2.x Python bindings (PyPI 
                             "not installed")
 
 from vfio_virtio.backends import gpiod_backend as gb  # noqa: E402
-from vfio_virtio.backends.base import DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH, EDGE_NONE  # noqa
+from vfio_virtio.backends.base import DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH  # noqa
 from vfio_virtio.backends.gpiod_backend import GpiodBackend, parse_offsets  # noqa: E402
 
 CONFIGFS = "/sys/kernel/config/gpio-sim"

@@ -5,7 +5,6 @@ import os
 import stat
 import struct
 
-import pytest
 
 from vfio_virtio.pci import spec as P
 from vfio_virtio.testing.vfio_user import VfioUserClient

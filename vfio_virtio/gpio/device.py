@@ -43,6 +43,7 @@ class VirtioGpioDevice:
         self.core: VirtioCore | None = None
         self.stats = {"requests": 0, "errors": 0, "events": 0, "malformed": 0}
         self._pend: list[tuple[int, int]] = []     # eventq used entries not yet pushed
+        self._pending_held: dict[int, int] | None = None   # snapshot: line -> eventq head
         # Runs work after the current register access has been answered (the server sets it
         # to its loop's call_later(0, ...)); by default at once.
         self.defer = lambda fn: fn()
@@ -127,12 +128,12 @@ class VirtioGpioDevice:
 
     def _request(self, c: Chain) -> tuple[int, int]:
         self.stats["requests"] += 1
+        if c.error:                           # nothing written into an unvalidated chain
+            self.stats["malformed"] += 1
+            self.stats["errors"] += 1
+            return c.head, 0
         try:
-            if c.error:
-                self.stats["malformed"] += 1
-                resp = bytes([S.VIRTIO_GPIO_STATUS_ERR, 0])[:min(c.writable_len, 2)]
-            else:
-                resp = self.ctl.handle(c.read(MAX_REQUEST_READ), c.writable_len)
+            resp = self.ctl.handle(c.read(MAX_REQUEST_READ), c.writable_len)
             if resp[:1] != b"\x00":
                 self.stats["errors"] += 1
             return c.head, c.write(resp)
@@ -197,7 +198,7 @@ class VirtioGpioDevice:
         self._pending_held = heads
 
     def _reattach_held(self) -> None:
-        heads = getattr(self, "_pending_held", None)
+        heads = self._pending_held
         if not heads or self.core is None or not self.core.queue_ready(EVENTQ):
             return
         q = self.core.queues[EVENTQ]

@@ -2,12 +2,23 @@
 the demo and the guest-side benchmark."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from ..backends.control import ControlClient
 from . import guest_pm
 from .machine import GuestMachine
 from .server_proc import ServerProcess
+
+
+RESULTS = Path(os.environ.get("VV_GUEST_RESULTS", "/tmp/vv-guest-results"))
+
+
+def record(name: str, data: dict) -> None:
+    """Save a guest-side measurement as ``$VV_GUEST_RESULTS/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1))
 
 
 class Rig:

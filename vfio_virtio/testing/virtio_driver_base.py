@@ -29,6 +29,10 @@ class VirtioDriverBase:
         self.features = accepted
         return accepted
 
+    def driver_ok(self) -> None:
+        """3.1.1 step 8: set DRIVER_OK."""
+        self.add_status(V.VIRTIO_CONFIG_S_DRIVER_OK)
+
     def has(self, bit: int) -> bool:
         """True if feature ``bit`` was negotiated."""
         return bool(self.features >> bit & 1)

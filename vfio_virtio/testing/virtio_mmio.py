@@ -150,9 +150,6 @@ class VirtioMmioDriver(VirtioDriverBase):
         self.rings[index] = ring
         return ring
 
-    def driver_ok(self) -> None:
-        self.add_status(V.VIRTIO_CONFIG_S_DRIVER_OK)
-
     def bring_up(self, queues: int | list[int], wanted: int | None = None,
                  queue_size: int | None = None, msix: bool = True) -> None:
         """The whole 3.1.1 sequence. ``msix`` is accepted for VirtioPciDriver compatibility;

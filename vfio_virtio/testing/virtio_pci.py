@@ -221,10 +221,6 @@ class VirtioPciDriver(VirtioDriverBase):
         self.rings[index] = ring
         return ring
 
-    def driver_ok(self) -> None:
-        """3.1.1 step 8: set DRIVER_OK."""
-        self.add_status(V.VIRTIO_CONFIG_S_DRIVER_OK)
-
     def bring_up(self, queues: int | list[int], wanted: int | None = None,
                  queue_size: int | None = None, msix: bool = True) -> None:
         """Whole 3.1.1 sequence: negotiate, wire MSI-X (config vector 0, queue i on
