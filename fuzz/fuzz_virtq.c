@@ -231,6 +231,14 @@ static void run_ops(struct vv_queue *q, const uint8_t *ops, uint32_t nops)
 }
 
 /* Plain translate contract: NULL, or a pointer inside one matching region. */
+static int overlaps(const struct vv_dma_table *t, uint64_t iova, uint64_t len)
+{
+    for (uint32_t k = 0; k < t->n; k++)
+        if (iova <= t->r[k].iova + t->r[k].len - 1 && t->r[k].iova <= iova + len - 1)
+            return 1;                        /* inclusive ends: no wrap at 2^64 */
+    return 0;
+}
+
 static void fuzz_translate(const struct vv_dma_table *t, const struct hdr *h)
 {
     for (int i = 0; i < 4; i++) {
@@ -288,8 +296,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (len == 0)
             continue;
+        uint64_t iova = i == 0 ? (h.reg[0].iova & ~0xFFFull) : h.reg[i].iova;
+        /* The table is the device's own state, filled by DmaTable.add, which refuses a region
+         * that wraps or overlaps one already mapped (EEXIST), as libvfio-user does. Build only
+         * tables it could hold: with overlapping IOVAs two translations of one address could
+         * name different memory, which no real table allows. */
+        if (iova + len - 1 < iova || overlaps(&table, iova, len))
+            continue;
         struct vv_dma_region *r = &table.r[table.n++];
-        r->iova = i == 0 ? (h.reg[0].iova & ~0xFFFull) : h.reg[i].iova;
+        r->iova = iova;
         r->len = len;
         r->vaddr = (uint64_t)(uintptr_t)(g_mem + off);
         r->prot = h.reg[i].prot & 3;

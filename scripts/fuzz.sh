@@ -22,6 +22,8 @@ command -v "$cc" >/dev/null || { echo "fuzz: $cc not found (make setup-system in
     -fno-sanitize-recover=all -Wall -Wextra -Wno-unused-parameter \
     -I cffi_build/csrc fuzz/fuzz_virtq.c cffi_build/csrc/virtq.c -o "$out/fuzz_virtq"
 "$py" fuzz/make_corpus.py "$out/corpus"
+cp fuzz/regressions/* "$out/corpus/" 2>/dev/null || true     # past failures, replayed first
+rm -f "$out/corpus/README.md"
 
 echo "fuzz: running fuzz_virtq and fuzz_requests for ${secs}s each"
 set +e
