@@ -50,7 +50,11 @@ class ControlClient:
         self.timeout = timeout
         self._pump = pump
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            self._sock.close()
+            raise
         self._buf = bytearray()
         self._lock = threading.Lock()
         self._next_id = 0
@@ -157,7 +161,11 @@ class ControlWatch(ControlClient):
                  pump: Callable[[], None] | None = None) -> None:
         super().__init__(path, timeout, pump)
         self._pending: collections.deque[dict] = collections.deque()
-        self.request("watch")
+        try:
+            self.request("watch")
+        except BaseException:
+            self.close()
+            raise
 
     def read_message(self, timeout: float | None = None) -> dict | None:
         msg = super().read_message(timeout)
