@@ -2,7 +2,7 @@
 
 Every figure is measured with the client (this process) and the server(s) pinned to the same
 CPU, so a round trip is two context switches and no cross-CPU wake-up (this VM halts idle
-vCPUs, which makes cross-CPU wake-ups cost 50-110 us with ms tails; see NOTES.md).
+vCPUs, which makes cross-CPU wake-ups cost 50-110 us with ms tails; see docs/FACTS.md).
 """
 from __future__ import annotations
 

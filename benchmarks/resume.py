@@ -1,6 +1,6 @@
 """Resume latency, driver side, through the real vfio-user socket.
 
-Emulates what Linux does on resume (NOTES.md "Linux guest facts"). Per line count N, two
+Emulates what Linux does on resume (docs/FACTS.md, "Linux guest"). Per line count N, two
 servers run side by side (pinned to one CPU with the client): one with No_Soft_Reset=1
 (retention) and one with ``--soft-reset``. Both get the same N configured lines (even lines:
 input, EDGE_BOTH, one event buffer held by the device; odd lines: output driving a value).

@@ -1,6 +1,6 @@
 """Smoke test of the benchmark harness (issue 7): ``python -m benchmarks.run --quick`` runs
 end to end and writes well-formed outputs. It checks the shape of the outputs, never the
-figures: benchmarks report times, they do not pass or fail on them (DESIGN.md, "Habits").
+figures: benchmarks report times, they do not pass or fail on them (docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 

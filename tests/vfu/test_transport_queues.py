@@ -159,7 +159,7 @@ def test_stray_notifications_are_harmless(up):
     assert ping(d) == OK_LOW
 
 
-# --- ACCESS_PLATFORM (NOTES.md corrections) ---------------------------------------------------
+# --- ACCESS_PLATFORM (docs/FACTS.md) -----------------------------------------------------------
 
 @pytest.mark.parametrize("accept", [True, False], ids=["accepted", "declined"])
 def test_access_platform_offered_and_optional(server, accept):

@@ -99,7 +99,7 @@ class PciFunction:
         self.cfg = ctx.config_view(S.PCI_CFG_SPACE_EXP_SIZE)
         self.cfg[S.PCI_REVISION_ID] = ids.revision
         self.cfg[S.PCI_INTERRUPT_PIN] = 1          # INTA#, the fallback when MSI-X is off
-        # Config callback first, so capabilities can route to it (NOTES: libvfio-user).
+        # Config callback first, so capabilities can route to it (docs/FACTS.md, libvfio-user).
         ctx.setup_region(vfu.CFG, S.PCI_CFG_SPACE_EXP_SIZE, _ConfigHandler(self), vfu.REGION_RW)
         pm.offset = ctx.add_capability(pm.cap_bytes(), flags=vfu.CAP_CALLBACK)
         self._msix_off = ctx.add_capability(self._msix_cap())
