@@ -117,7 +117,7 @@ class Model:
             check(resp == ERR[:max(0, min(cap, 2))], f"short/long request answered {resp!r}")
             OUTCOMES.add(("badlen", len(resp)))
             return
-        mtype, gpio, value = struct.unpack("<HHI", req)
+        mtype, gpio, value = struct.unpack(S.VIRTIO_GPIO_REQUEST_FMT, req)
         if mtype == S.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
             blob = ctl.names_blob
             if blob and cap == 1 + len(blob):
@@ -167,7 +167,7 @@ def request_bytes(r: Reader) -> tuple[bytes, int]:
     mtype = r.u8() % 9 if shape & 1 else r.u16()
     gpio = r.u8() % (NLINES + 2) if shape & 2 else r.u16()
     value = r.u8() % 10 if shape & 4 else struct.unpack("<I", r.take(4))[0]
-    req = struct.pack("<HHI", mtype, gpio, value)
+    req = struct.pack(S.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
     if shape & 0x30 == 0x30:
         req = r.take(r.u8() % 24)
     caps = (2, 2, 2, 0, 1, 3, 1 + len(NAMES_BLOB_HINT), 0xFFFFFFFF)

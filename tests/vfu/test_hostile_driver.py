@@ -26,7 +26,7 @@ from vfio_virtio.virtio import spec as V
 OUT = G.VIRTIO_GPIO_DIRECTION_OUT
 NEEDS_RESET = V.VIRTIO_CONFIG_S_NEEDS_RESET
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
-REQ = struct.Struct("<HHI")
+REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 
 
 # --- helpers --------------------------------------------------------------------------------

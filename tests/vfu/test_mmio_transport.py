@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.vfu.test_transport_kit import (ACK, BASE, DRIVER, DRIVER_OK, EVENTQ, FAILED,
+from tests.vfu.transport_kit import (ACK, BASE, DRIVER, DRIVER_OK, EVENTQ, FAILED,
                                           FEATURES_OK, NEEDS_RESET, OFFERED, OK_LOW, REQUESTQ,
                                           add_ping, shared_fixture, start_shared)
 from vfio_virtio.backends.control import ControlClient

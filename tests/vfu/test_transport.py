@@ -1,13 +1,13 @@
 """virtio-pci transport over the real socket: the device status state machine (2.1, 3.1)
 and the feature windows (2.2, 4.1.4.3), as a driver observes them.
 
-Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/test_transport_kit.py.
+Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/transport_kit.py.
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.vfu.test_transport_kit import (ACK, BASE, CONFIG_VEC, DRIVER, DRIVER_OK, EVENTQ,
+from tests.vfu.transport_kit import (ACK, BASE, CONFIG_VEC, DRIVER, DRIVER_OK, EVENTQ,
                                           FAILED, FEATURES_OK, NEEDS_RESET, NO_VECTOR, OFFERED,
                                           OK_LOW, REQUESTQ, add_ping, drain, fired, g, ping,
                                           qread, select_queue, server, shared_server, up)

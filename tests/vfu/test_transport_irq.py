@@ -1,6 +1,6 @@
 """Interrupts of the virtio-pci transport over the real socket: MSI-X vectors per queue and
 for configuration changes (4.1.5.1.2, 4.1.5.3, 4.1.5.4), VIRTIO_MSI_NO_VECTOR, and the INTx
-fallback with the ISR status (4.1.4.5). Helpers: tests/vfu/test_transport_kit.py.
+fallback with the ISR status (4.1.4.5). Helpers: tests/vfu/transport_kit.py.
 
 The client wires MSI-X vector i to an eventfd with SET_IRQS on VFIO_PCI_MSIX_IRQ_INDEX and
 INTx with SET_IRQS on VFIO_PCI_INTX_IRQ_INDEX (index 0, one subindex), as QEMU does.
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.vfu.test_transport_kit import (BASE, EVENTQ, NEEDS_RESET, NO_VECTOR, OK_LOW,
+from tests.vfu.transport_kit import (BASE, EVENTQ, NEEDS_RESET, NO_VECTOR, OK_LOW,
                                           REQUESTQ, drain, fired, open_gpio, ping, qread,
                                           select_queue, server, shared_server, wait_fd)
 from vfio_virtio.backends.control import ControlClient

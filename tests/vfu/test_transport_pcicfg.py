@@ -1,7 +1,7 @@
 """virtio-pci transport over the real socket: the PCI configuration access capability
 (VIRTIO_PCI_CAP_PCI_CFG, 4.1.4.9), a window into BAR0 through config space.
 
-Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/test_transport_kit.py.
+Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/transport_kit.py.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from tests.vfu.test_transport_kit import (ACK, DRIVER, g, open_gpio, qread, select_queue,
+from tests.vfu.transport_kit import (ACK, DRIVER, g, open_gpio, qread, select_queue,
                                           server, shared_server)
 from vfio_virtio.virtio import spec as V
 

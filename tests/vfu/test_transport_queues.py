@@ -2,13 +2,13 @@
 configuration (4.1.4.3, 4.1.5.1.3), notifications (4.1.4.4), MSI-X vector validation and
 VIRTIO_F_ACCESS_PLATFORM, as a driver observes them.
 
-Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/test_transport_kit.py.
+Spec references are virtio 1.3. Helpers and fixtures: tests/vfu/transport_kit.py.
 """
 from __future__ import annotations
 
 import pytest
 
-from tests.vfu.test_transport_kit import (ACK, BASE, CONFIG_VEC, DRIVER, DRIVER_OK, EVENTQ,
+from tests.vfu.transport_kit import (ACK, BASE, CONFIG_VEC, DRIVER, DRIVER_OK, EVENTQ,
                                           FEATURES_OK, NEEDS_RESET, NO_VECTOR, OK_LOW, REQUESTQ,
                                           fired, g, open_gpio, ping, qread, select_queue,
                                           server, shared_server, up)

@@ -2,7 +2,7 @@
 indirect descriptors, event idx and flag-based suppression, RING_RESET, and a device reset
 with requests in flight. Each ring test runs on both ring implementations (``--ring c|py``).
 
-Spec references are virtio 1.3. Helpers: tests/vfu/test_transport_kit.py.
+Spec references are virtio 1.3. Helpers: tests/vfu/transport_kit.py.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.vfu.test_transport_kit import (BASE, EVENTQ, INDIRECT, NEEDS_RESET, NEXT,
+from tests.vfu.transport_kit import (BASE, EVENTQ, INDIRECT, NEEDS_RESET, NEXT,
                                           OK_LOW, PING, REQUESTQ, WRITE, add_ping, drain,
                                           fired, open_gpio, ping, qread, select_queue,
                                           shared_fixture, start_shared, take_descs)

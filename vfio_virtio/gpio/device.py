@@ -21,7 +21,7 @@ from .controller import GpioController, decode_irq_request
 
 log = logging.getLogger(__name__)
 
-REQUESTQ, EVENTQ = 0, 1
+REQUESTQ, EVENTQ = S.VIRTIO_GPIO_REQUESTQ, S.VIRTIO_GPIO_EVENTQ
 MAX_REQUEST_READ = 64          # more than any valid request: an oversize one is seen as such
 BATCH = 64
 

@@ -14,8 +14,8 @@ from .guestmem import GuestMemory
 from .vfio_user import VfioUserClient
 from .virtio_pci import VirtioPciDriver
 
-REQ = struct.Struct("<HHI")
-REQUESTQ, EVENTQ = 0, 1
+REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
+REQUESTQ, EVENTQ = G.VIRTIO_GPIO_REQUESTQ, G.VIRTIO_GPIO_EVENTQ
 DEFAULT_FEATURES = (1 << V.VIRTIO_F_VERSION_1) | (1 << G.VIRTIO_GPIO_F_IRQ)
 
 
@@ -67,7 +67,7 @@ class GpioDriver:
 
     def config(self) -> tuple[int, int]:
         """(ngpio, gpio_names_size) from the device configuration."""
-        ngpio, names_size = struct.unpack("<HxxI", self.drv.read_config(0, 8))
+        ngpio, names_size = struct.unpack(G.VIRTIO_GPIO_CONFIG_FMT, self.drv.read_config(0, 8))
         return ngpio, names_size
 
     # --- requestq -------------------------------------------------------------------------
@@ -164,7 +164,8 @@ class GpioDriver:
     def queue_irq(self, gpio: int, kick: bool = True, indirect: bool = False) -> int:
         """Queue an (irq_request, irq_response) pair for ``gpio`` (unmasks it)."""
         ring = self.drv.rings[EVENTQ]
-        head = ring.add(out=[struct.pack("<H", gpio)], in_lens=[1], indirect=indirect)
+        head = ring.add(out=[struct.pack(G.VIRTIO_GPIO_IRQ_REQUEST_FMT, gpio)], in_lens=[1],
+                        indirect=indirect)
         self._inbufs[(EVENTQ, head)] = list(ring.in_buffers(head))
         self.irq_heads[head] = gpio
         if kick:

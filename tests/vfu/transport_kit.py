@@ -21,8 +21,8 @@ from vfio_virtio.testing.virtio_pci import VirtioPciDriver
 from vfio_virtio.virtio import ring_spec as S
 from vfio_virtio.virtio import spec as V
 
-REQUESTQ, EVENTQ = 0, 1
-REQ = struct.Struct("<HHI")
+REQUESTQ, EVENTQ = G.VIRTIO_GPIO_REQUESTQ, G.VIRTIO_GPIO_EVENTQ
+REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 PING = REQ.pack(G.VIRTIO_GPIO_MSG_GET_VALUE, 0, 0)        # GET_VALUE line 0
 OK_LOW = bytes([G.VIRTIO_GPIO_STATUS_OK, 0])
 NEXT, WRITE, INDIRECT = S.VRING_DESC_F_NEXT, S.VRING_DESC_F_WRITE, S.VRING_DESC_F_INDIRECT
