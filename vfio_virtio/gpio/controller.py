@@ -79,7 +79,14 @@ SNAPSHOT_VERSION = 1
 
 
 class _Err(Exception):
-    """Internal: answer the current request with VIRTIO_GPIO_STATUS_ERR."""
+    """Internal: answer the current request with VIRTIO_GPIO_STATUS_ERR; ``args[0]`` says why."""
+
+
+def _refused(err: bytes, why: str, *args: object) -> bytes:
+    """Log why a request gets ERR (debug level, formatted only when enabled); return ``err``."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("requestq ERR: " + why, *args)
+    return err
 
 
 class _Line:
@@ -151,24 +158,36 @@ class GpioController:
 
     # ---- requestq ---------------------------------------------------------------------
     def handle(self, request: bytes, resp_capacity: int) -> bytes:
-        """Execute one requestq message; return the exact response bytes to write."""
+        """Execute one requestq message; return the exact response bytes to write.
+
+        Every ERR answer is logged at debug level with its reason, so that a guest's ERR can
+        be explained (``--log-level debug``); nothing is formatted unless debug is enabled.
+        """
         err = _RESP.pack(S.VIRTIO_GPIO_STATUS_ERR, 0)[:max(0, min(resp_capacity, 2))]
         if len(request) != _REQ.size:
-            return err
+            return _refused(err, "request of %d bytes, not %d", len(request), _REQ.size)
         mtype, gpio, value = _REQ.unpack(request)
         if mtype == S.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
-            if not self.names_blob or resp_capacity != 1 + len(self.names_blob):
-                return err
+            if not self.names_blob:
+                return _refused(err, "GET_LINE_NAMES: no line is named (gpio_names_size 0)")
+            if resp_capacity != 1 + len(self.names_blob):
+                return _refused(err, "GET_LINE_NAMES: response buffer of %d bytes, not %d",
+                                resp_capacity, 1 + len(self.names_blob))
             return bytes([S.VIRTIO_GPIO_STATUS_OK]) + self.names_blob
-        if resp_capacity != _RESP.size or gpio >= self.ngpio:
-            return err
+        if resp_capacity != _RESP.size:
+            return _refused(err, "message type %d gpio %d: response buffer of %d bytes, not %d",
+                            mtype, gpio, resp_capacity, _RESP.size)
+        if gpio >= self.ngpio:
+            return _refused(err, "message type %d: gpio %d out of range (ngpio %d)", mtype,
+                            gpio, self.ngpio)
         handler = self._HANDLERS.get(mtype)
         if handler is None:
-            return err
+            return _refused(err, "unknown message type %d (gpio %d)", mtype, gpio)
         try:
             out = handler(self, gpio, value)
-        except _Err:
-            return err
+        except _Err as e:
+            return _refused(err, "message type %d gpio %d value %d: %s", mtype, gpio, value,
+                            e.args[0])
         except Exception:  # a backend failure must not take the device down
             log.exception("gpio %d: message %d failed in the backend", gpio, mtype)
             return err
@@ -180,7 +199,7 @@ class GpioController:
     def _set_direction(self, gpio: int, value: int) -> int:
         line = self._lines[gpio]
         if value not in S.DIRECTIONS:
-            raise _Err
+            raise _Err("not a direction (NONE 0, OUT 1, IN 2)")
         if value == S.VIRTIO_GPIO_DIRECTION_NONE:
             self._disable_irq(gpio)
             self.backend.set_direction(gpio, DIR_NONE)
@@ -188,7 +207,8 @@ class GpioController:
             line.value = 0
             return 0
         if value == S.VIRTIO_GPIO_DIRECTION_OUT and line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
-            raise _Err  # an output cannot interrupt; the driver must disable the irq first
+            # an output cannot interrupt; the driver must disable the irq first
+            raise _Err("SET_DIRECTION OUT while an irq type is set")
         self.backend.set_direction(gpio, _BACKEND_DIR[value], line.value)
         line.direction = value
         return 0
@@ -199,7 +219,7 @@ class GpioController:
     def _set_value(self, gpio: int, value: int) -> int:
         line = self._lines[gpio]
         if value not in (0, 1):
-            raise _Err
+            raise _Err("a value is 0 or 1")
         if line.direction == S.VIRTIO_GPIO_DIRECTION_OUT:
             self.backend.set_value(gpio, value)
         line.value = value  # remembered for a later SET_DIRECTION OUT (5.17.6.5)
@@ -207,17 +227,19 @@ class GpioController:
 
     def _set_irq_type(self, gpio: int, value: int) -> int:
         line = self._lines[gpio]
-        if not self.irq_feature or value not in S.IRQ_TYPES:
-            raise _Err
+        if not self.irq_feature:
+            raise _Err("SET_IRQ_TYPE without VIRTIO_GPIO_F_IRQ negotiated")
+        if value not in S.IRQ_TYPES:
+            raise _Err("not an irq type")
         if value == S.VIRTIO_GPIO_IRQ_TYPE_NONE:
             self._disable_irq(gpio)
             return 0
         if line.direction == S.VIRTIO_GPIO_DIRECTION_OUT:
-            raise _Err
+            raise _Err("an output line cannot have an irq type")
         if line.irq_type == value:
             return 0
         if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
-            raise _Err  # change of an enabled type must go through NONE (5.17.6.6)
+            raise _Err("an enabled irq type changes only through NONE (5.17.6.6)")
         # changes that happened before this point must not be latched: consume them first
         self._drain_backend(self._outbox)
         if line.direction == S.VIRTIO_GPIO_DIRECTION_NONE:
