@@ -98,104 +98,114 @@ static inline void read_desc(const void *table, uint32_t i, struct desc *d)
     d->next = le16toh(d->next);
 }
 
+/* A chain walk in progress: the descriptor table it reads (the ring's, or the one indirect
+ * table a chain may have), where it is, how many more descriptors it may read (its TTL), and
+ * what it has gathered. */
+struct walk {
+    const void *table;
+    uint32_t tsize, idx, ttl;
+    uint32_t niov, rlen, wlen;
+    uint64_t total;
+    int in_indirect, seen_write;
+};
+
+/* Switch the walk to the indirect table `d` points to (2.7.5.3.1: needs the feature, one table
+ * per chain, never together with NEXT). Returns 0 or a VQ_ERR_* code. */
+static int enter_indirect(const struct vv_queue *q, const struct desc *d, struct walk *w)
+{
+    if (!q->indirect)
+        return VQ_ERR_INDIRECT_FEATURE;
+    if (w->in_indirect)
+        return VQ_ERR_NESTED_INDIRECT;
+    if (d->flags & VRING_DESC_F_NEXT)
+        return VQ_ERR_INDIRECT_NEXT;
+    if (d->len == 0 || (d->len & 15) || d->len / 16 > q->size)
+        return VQ_ERR_INDIRECT_LEN;
+    w->table = vv_dma_translate(q->dma, d->addr, d->len, VV_PROT_READ);
+    if (!w->table)
+        return VQ_ERR_INDIRECT_UNMAPPED;
+    w->in_indirect = 1;
+    w->tsize = d->len / 16;
+    w->ttl = w->tsize;
+    w->idx = 0;
+    return 0;
+}
+
+/* Append the buffer `d` describes to the walk's iovs, translated with the permission it needs
+ * (2.7.4.2: device-writable buffers come after device-readable ones). Returns 0, a VQ_ERR_*
+ * code, or -ENOSPC when all `cap` iovs are taken. */
+static int add_buffer(const struct vv_queue *q, const struct desc *d, struct walk *w,
+                      struct vv_iov *iovs, uint32_t cap)
+{
+    int writable = (d->flags & VRING_DESC_F_WRITE) != 0;
+    void *host;
+
+    if (d->len == 0)
+        return VQ_ERR_ZERO_LEN;
+    if (!writable && w->seen_write)
+        return VQ_ERR_ORDER;
+    host = vv_dma_translate(q->dma, d->addr, d->len, writable ? VV_PROT_WRITE : VV_PROT_READ);
+    if (!host)
+        return VQ_ERR_UNMAPPED;
+    w->total += d->len;
+    if (w->total > UINT32_MAX)
+        return VQ_ERR_LEN_OVERFLOW;
+    if (w->niov >= q->size)
+        return VQ_ERR_CHAIN_LEN;
+    if (w->niov >= cap)
+        return -ENOSPC;
+    iovs[w->niov].addr = (uint64_t)(uintptr_t)host;
+    iovs[w->niov].iova = d->addr;
+    iovs[w->niov].len = d->len;
+    iovs[w->niov].writable = (uint32_t)writable;
+    w->niov++;
+    if (writable) {
+        w->seen_write = 1;
+        w->wlen += d->len;
+    } else {
+        w->rlen += d->len;
+    }
+    return 0;
+}
+
 /* Walk the chain at `head` (2.7.5, 2.7.5.3). Returns 0 with c->error set, or -ENOSPC when
  * its buffers do not fit in `cap` iovs (nothing consumed). */
 static int walk(const struct vv_queue *q, const void *desc, uint32_t head,
                 struct vv_chain *c, struct vv_iov *iovs, uint32_t cap)
 {
-    const void *table = desc;
-    uint32_t tsize = q->size, idx = head, ttl = q->size, niov = 0;
-    uint32_t rlen = 0, wlen = 0;
-    uint64_t total = 0;
-    int in_indirect = 0, seen_write = 0, err = 0;
+    struct walk w = { .table = desc, .tsize = q->size, .idx = head, .ttl = q->size };
     struct desc d;
+    int err;
 
     c->head = head;
     for (;;) {
-        if (ttl == 0) {
+        if (w.ttl == 0) {
             err = VQ_ERR_CHAIN_LEN;
             break;
         }
-        ttl--;
-        read_desc(table, idx, &d);
+        w.ttl--;
+        read_desc(w.table, w.idx, &d);
         if (d.flags & VRING_DESC_F_INDIRECT) {
-            /* 2.7.5.3.1: feature needed, one table per descriptor, never with NEXT */
-            if (!q->indirect) {
-                err = VQ_ERR_INDIRECT_FEATURE;
+            err = enter_indirect(q, &d, &w);
+            if (err)
                 break;
-            }
-            if (in_indirect) {
-                err = VQ_ERR_NESTED_INDIRECT;
-                break;
-            }
-            if (d.flags & VRING_DESC_F_NEXT) {
-                err = VQ_ERR_INDIRECT_NEXT;
-                break;
-            }
-            if (d.len == 0 || (d.len & 15) || d.len / 16 > q->size) {
-                err = VQ_ERR_INDIRECT_LEN;
-                break;
-            }
-            table = vv_dma_translate(q->dma, d.addr, d.len, VV_PROT_READ);
-            if (!table) {
-                err = VQ_ERR_INDIRECT_UNMAPPED;
-                break;
-            }
-            in_indirect = 1;
-            tsize = d.len / 16;
-            ttl = tsize;
-            idx = 0;
             continue;
         }
-        if (d.len == 0) {
-            err = VQ_ERR_ZERO_LEN;
+        err = add_buffer(q, &d, &w, iovs, cap);
+        if (err < 0)
+            return err;
+        if (err || !(d.flags & VRING_DESC_F_NEXT))
             break;
-        }
-        int writable = (d.flags & VRING_DESC_F_WRITE) != 0;
-        if (!writable && seen_write) {
-            err = VQ_ERR_ORDER;         /* 2.7.4.2 */
-            break;
-        }
-        void *host = vv_dma_translate(q->dma, d.addr, d.len,
-                                      writable ? VV_PROT_WRITE : VV_PROT_READ);
-        if (!host) {
-            err = VQ_ERR_UNMAPPED;
-            break;
-        }
-        total += d.len;
-        if (total > UINT32_MAX) {
-            err = VQ_ERR_LEN_OVERFLOW;
-            break;
-        }
-        if (niov >= q->size) {
-            err = VQ_ERR_CHAIN_LEN;
-            break;
-        }
-        if (niov >= cap)
-            return -ENOSPC;
-        iovs[niov].addr = (uint64_t)(uintptr_t)host;
-        iovs[niov].iova = d.addr;
-        iovs[niov].len = d.len;
-        iovs[niov].writable = (uint32_t)writable;
-        niov++;
-        if (writable) {
-            seen_write = 1;
-            wlen += d.len;
-        } else {
-            rlen += d.len;
-        }
-        if (!(d.flags & VRING_DESC_F_NEXT))
-            break;
-        idx = d.next;
-        if (idx >= tsize) {
+        w.idx = d.next;
+        if (w.idx >= w.tsize) {
             err = VQ_ERR_DESC_INDEX;
             break;
         }
     }
     c->error = err;
-    c->iov_count = err ? 0 : niov;
-    c->readable_len = err ? 0 : rlen;
-    c->writable_len = err ? 0 : wlen;
+    c->iov_count = err ? 0 : w.niov;
+    c->readable_len = err ? 0 : w.rlen;
+    c->writable_len = err ? 0 : w.wlen;
     return 0;
 }
 
