@@ -36,6 +36,20 @@ class _NoSpace(Exception):
     """The chain's buffers do not fit in the iovs left in this batch."""
 
 
+class _Walk:
+    """A chain walk in progress (struct walk in virtq.c): the table it reads, where it is,
+    how many more descriptors it may read (TTL), and what it has gathered."""
+
+    __slots__ = ("table", "tsize", "idx", "ttl", "iovs", "rlen", "wlen", "total",
+                 "in_indirect", "seen_write")
+
+    def __init__(self, table: int, head: int, size: int) -> None:
+        self.table, self.tsize, self.idx, self.ttl = table, size, head, size
+        self.iovs: list[tuple[int, int, int, int]] = []
+        self.rlen = self.wlen = self.total = 0
+        self.in_indirect = self.seen_write = False
+
+
 class PyRing:
     """Device-side split ring state plus pop/push/notify, in Python."""
 
@@ -72,73 +86,72 @@ class PyRing:
 
     def _walk(self, desc: int, head: int, cap: int) -> RawChain:
         """Walk the chain at head (2.7.5, 2.7.5.3); raises _NoSpace if over cap iovs."""
-        table, tsize, idx, ttl = desc, self.size, head, self.size
-        iovs: list[tuple[int, int, int, int]] = []
-        rlen = wlen = total = 0
-        in_indirect = seen_write = False
-        err = 0
-        translate = self.dma.translate
+        w = _Walk(desc, head, self.size)
         while True:
-            if ttl == 0:
+            if w.ttl == 0:
                 err = S.VQ_ERR_CHAIN_LEN
                 break
-            ttl -= 1
-            addr, length, flags, nxt = _DESC.unpack(ctypes.string_at(table + 16 * idx, 16))
+            w.ttl -= 1
+            addr, length, flags, nxt = _DESC.unpack(ctypes.string_at(w.table + 16 * w.idx, 16))
             if flags & S.VRING_DESC_F_INDIRECT:
-                if not self.indirect:
-                    err = S.VQ_ERR_INDIRECT_FEATURE
+                err = self._enter_indirect(w, addr, length, flags)
+                if err:
                     break
-                if in_indirect:
-                    err = S.VQ_ERR_NESTED_INDIRECT
-                    break
-                if flags & S.VRING_DESC_F_NEXT:
-                    err = S.VQ_ERR_INDIRECT_NEXT
-                    break
-                if length == 0 or length & 15 or length // 16 > self.size:
-                    err = S.VQ_ERR_INDIRECT_LEN
-                    break
-                t = translate(addr, length, PROT_READ)
-                if not t:
-                    err = S.VQ_ERR_INDIRECT_UNMAPPED
-                    break
-                table, in_indirect, tsize, idx = t, True, length // 16, 0
-                ttl = tsize
                 continue
-            if length == 0:
-                err = S.VQ_ERR_ZERO_LEN
+            err = self._add_buffer(w, addr, length, flags, cap)
+            if err or not flags & S.VRING_DESC_F_NEXT:
                 break
-            writable = 1 if flags & S.VRING_DESC_F_WRITE else 0
-            if not writable and seen_write:
-                err = S.VQ_ERR_ORDER
-                break
-            host = translate(addr, length, PROT_WRITE if writable else PROT_READ)
-            if not host:
-                err = S.VQ_ERR_UNMAPPED
-                break
-            total += length
-            if total > 0xFFFFFFFF:
-                err = S.VQ_ERR_LEN_OVERFLOW
-                break
-            if len(iovs) >= self.size:
-                err = S.VQ_ERR_CHAIN_LEN
-                break
-            if len(iovs) >= cap:
-                raise _NoSpace()
-            iovs.append((host, addr, length, writable))
-            if writable:
-                seen_write = True
-                wlen += length
-            else:
-                rlen += length
-            if not flags & S.VRING_DESC_F_NEXT:
-                break
-            idx = nxt
-            if idx >= tsize:
+            w.idx = nxt
+            if w.idx >= w.tsize:
                 err = S.VQ_ERR_DESC_INDEX
                 break
         if err:
             return (head, err, 0, 0, ())
-        return (head, 0, rlen, wlen, tuple(iovs))
+        return (head, 0, w.rlen, w.wlen, tuple(w.iovs))
+
+    def _enter_indirect(self, w: "_Walk", addr: int, length: int, flags: int) -> int:
+        """Switch ``w`` to the indirect table at ``addr`` (2.7.5.3.1: needs the feature, one
+        table per chain, never with NEXT). Returns 0 or a VQ_ERR_* code."""
+        if not self.indirect:
+            return S.VQ_ERR_INDIRECT_FEATURE
+        if w.in_indirect:
+            return S.VQ_ERR_NESTED_INDIRECT
+        if flags & S.VRING_DESC_F_NEXT:
+            return S.VQ_ERR_INDIRECT_NEXT
+        if length == 0 or length & 15 or length // 16 > self.size:
+            return S.VQ_ERR_INDIRECT_LEN
+        t = self.dma.translate(addr, length, PROT_READ)
+        if not t:
+            return S.VQ_ERR_INDIRECT_UNMAPPED
+        w.table, w.in_indirect, w.tsize, w.idx = t, True, length // 16, 0
+        w.ttl = w.tsize
+        return 0
+
+    def _add_buffer(self, w: "_Walk", addr: int, length: int, flags: int, cap: int) -> int:
+        """Append one buffer to ``w``, translated with the permission it needs (2.7.4.2:
+        writable buffers come last). Returns 0 or a VQ_ERR_* code; _NoSpace past ``cap``."""
+        if length == 0:
+            return S.VQ_ERR_ZERO_LEN
+        writable = 1 if flags & S.VRING_DESC_F_WRITE else 0
+        if not writable and w.seen_write:
+            return S.VQ_ERR_ORDER
+        host = self.dma.translate(addr, length, PROT_WRITE if writable else PROT_READ)
+        if not host:
+            return S.VQ_ERR_UNMAPPED
+        w.total += length
+        if w.total > 0xFFFFFFFF:
+            return S.VQ_ERR_LEN_OVERFLOW
+        if len(w.iovs) >= self.size:
+            return S.VQ_ERR_CHAIN_LEN
+        if len(w.iovs) >= cap:
+            raise _NoSpace()
+        w.iovs.append((host, addr, length, writable))
+        if writable:
+            w.seen_write = True
+            w.wlen += length
+        else:
+            w.rlen += length
+        return 0
 
     def pop_batch(self, max_chains: int, max_iovs: int) -> list[RawChain]:
         """Twin of vv_pop_batch. Raises ValueError where C returns -EINVAL."""
