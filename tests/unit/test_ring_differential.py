@@ -163,109 +163,147 @@ def _compare_chains(a, b, ma, mb):
     assert norm(a, ma) == norm(b, mb)
 
 
-def run_case(seed: int, c: Side, p: Side) -> dict:
-    rnd = random.Random(seed)
-    size = rnd.choice((1, 2, 4, 8, 8, 16, 32)) if rnd.random() > 0.02 else rnd.choice((0, 3, 6))
-    event_idx = rnd.random() < 0.5
-    indirect = rnd.random() < 0.6
-    desc, avail, used = _layout(rnd, size, event_idx)
-    regions = [(RW, PROT_READ | PROT_WRITE), (RO, PROT_READ), (WO, PROT_WRITE)]
-    zero = bytes(MEM)
-    start = rnd.randrange(0, 1 << 16) if rnd.random() < 0.3 else None
-    for s in (c, p):
-        s.mem.restore(zero)
-        s.map(regions)
-        s.vq = Virtqueue(0, s.dma, max_size=256, impl=s.impl)
-        s.vq.size, s.vq.desc_addr, s.vq.driver_addr, s.vq.device_addr = size, desc, avail, used
-        s.vq.event_idx, s.vq.indirect = event_idx, indirect
-        s.vq.enable()
-        if start is not None:              # run near/through the 16-bit wrap
-            st = s.vq.get_state()
-            st.update(last_avail_idx=start, used_idx=start, signalled_used=start)
-            s.vq.set_state(st)
-        if size:
-            s.mem.write(used + 2, c.vq.used_idx.to_bytes(2, "little"))
-    start = c.vq.last_avail_idx
-    gen = Gen(rnd, max(size, 1))
-    stats: Counter = Counter()
-    avail_idx = start
-    notified = 0
-    for rnd_no in range(3):
-        # identical random writes into both memories
-        writes = []
-        n_tables = rnd.randrange(0, 4) if indirect or rnd.random() < 0.2 else 0
-        tables = []
-        for _ in range(n_tables):
-            t = rnd.randrange(BASE + 0x2000, BASE + 0x3F00) & ~15
-            tables.append(t)
-        for t in tables:
-            entries = rnd.randrange(1, max(size, 1) + 2)
-            writes.append((t, b"".join(gen.desc(entries, tables if rnd.random() < 0.1 else [])
-                                       for _ in range(entries))))
-        heads = []
-        if size and rnd.random() < 0.7:
-            w, heads = gen.good_table(desc, tables)
-            writes += w
-            for _ in range(rnd.choice((0, 0, 1, 2))):     # corrupt a few descriptors
-                i = rnd.randrange(0, size)
-                writes.append((desc + 16 * i, gen.desc(size, tables)))
-        elif size and rnd.random() < 0.95:
-            writes.append((desc, b"".join(gen.desc(size, tables) for _ in range(size))))
-        if rnd.random() < 0.3:
-            writes.append((gen.addr() & ~15, rnd.randbytes(rnd.randrange(1, 64))))
-        room = max(size, 1) - ((avail_idx - c.vq.last_avail_idx) & 0xFFFF)
-        if rnd.random() < 0.97:
-            jump = rnd.randrange(0, max(room, 0) + 1)
+class Case:
+    """One random workload: the queue's configuration and the driver's state across rounds."""
+
+    def __init__(self, rnd: random.Random) -> None:
+        self.rnd = rnd
+        self.size = rnd.choice((1, 2, 4, 8, 8, 16, 32)) if rnd.random() > 0.02 \
+            else rnd.choice((0, 3, 6))
+        self.event_idx = rnd.random() < 0.5
+        self.indirect = rnd.random() < 0.6
+        self.desc, self.avail, self.used = _layout(rnd, self.size, self.event_idx)
+        self.regions = [(RW, PROT_READ | PROT_WRITE), (RO, PROT_READ), (WO, PROT_WRITE)]
+        self.start = rnd.randrange(0, 1 << 16) if rnd.random() < 0.3 else None
+        self.gen = Gen(rnd, max(self.size, 1))
+        self.avail_idx = 0
+
+
+def set_up_queue(case: Case, s: Side, used_idx: int | None) -> None:
+    """A fresh enabled queue on ``s`` with the case's configuration (and start index)."""
+    s.mem.restore(bytes(MEM))
+    s.map(case.regions)
+    s.vq = Virtqueue(0, s.dma, max_size=256, impl=s.impl)
+    s.vq.size, s.vq.desc_addr = case.size, case.desc
+    s.vq.driver_addr, s.vq.device_addr = case.avail, case.used
+    s.vq.event_idx, s.vq.indirect = case.event_idx, case.indirect
+    s.vq.enable()
+    if case.start is not None:              # run near/through the 16-bit wrap
+        st = s.vq.get_state()
+        st.update(last_avail_idx=case.start, used_idx=case.start, signalled_used=case.start)
+        s.vq.set_state(st)
+    if case.size:
+        s.mem.write(case.used + 2, (s.vq.used_idx if used_idx is None else used_idx)
+                    .to_bytes(2, "little"))
+
+
+def table_writes(case: Case) -> tuple[list[tuple[int, bytes]], list[int]]:
+    """Random indirect tables and a descriptor table (good chains, a few corrupted, or pure
+    noise): the writes, and the heads of the good chains."""
+    rnd, gen, size = case.rnd, case.gen, case.size
+    writes = []
+    n_tables = rnd.randrange(0, 4) if case.indirect or rnd.random() < 0.2 else 0
+    tables = [rnd.randrange(BASE + 0x2000, BASE + 0x3F00) & ~15 for _ in range(n_tables)]
+    for t in tables:
+        entries = rnd.randrange(1, max(size, 1) + 2)
+        writes.append((t, b"".join(gen.desc(entries, tables if rnd.random() < 0.1 else [])
+                                   for _ in range(entries))))
+    heads = []
+    if size and rnd.random() < 0.7:
+        w, heads = gen.good_table(case.desc, tables)
+        writes += w
+        for _ in range(rnd.choice((0, 0, 1, 2))):     # corrupt a few descriptors
+            i = rnd.randrange(0, size)
+            writes.append((case.desc + 16 * i, gen.desc(size, tables)))
+    elif size and rnd.random() < 0.95:
+        writes.append((case.desc, b"".join(gen.desc(size, tables) for _ in range(size))))
+    if rnd.random() < 0.3:
+        writes.append((gen.addr() & ~15, rnd.randbytes(rnd.randrange(1, 64))))
+    return writes, heads
+
+
+def avail_writes(case: Case, heads: list[int], last_avail_idx: int,
+                 used_idx: int) -> list[tuple[int, bytes]]:
+    """Offer heads on the avail ring (usually within the room left, sometimes a jump past
+    it), then avail idx, avail flags and used_event."""
+    rnd, size, avail = case.rnd, case.size, case.avail
+    writes = []
+    room = max(size, 1) - ((case.avail_idx - last_avail_idx) & 0xFFFF)
+    if rnd.random() < 0.97:
+        jump = rnd.randrange(0, max(room, 0) + 1)
+    else:
+        jump = rnd.choice((room + 1, rnd.randrange(0, 1 << 16)))
+    for _ in range(jump if jump <= 64 else 0):
+        if heads and rnd.random() < 0.8:
+            head = rnd.choice(heads)
+        elif rnd.random() < 0.99:
+            head = rnd.randrange(0, max(size, 1))
         else:
-            jump = rnd.choice((room + 1, rnd.randrange(0, 1 << 16)))
-        for _ in range(jump if jump <= 64 else 0):
-            if heads and rnd.random() < 0.8:
-                head = rnd.choice(heads)
-            elif rnd.random() < 0.99:
-                head = rnd.randrange(0, max(size, 1))
-            else:
-                head = rnd.randrange(0, 1 << 16)
-            if size:
-                writes.append((avail + 4 + 2 * (avail_idx % size), head.to_bytes(2, "little")))
-            avail_idx = (avail_idx + 1) & 0xFFFF
-        if jump > 64:
-            avail_idx = (avail_idx + jump) & 0xFFFF
-        writes.append((avail + 2, avail_idx.to_bytes(2, "little")))
-        writes.append((avail, rnd.choice((0, 0, 1, 0xFFFF)).to_bytes(2, "little")))
+            head = rnd.randrange(0, 1 << 16)
         if size:
-            ev = rnd.choice((rnd.randrange(0, 1 << 16), (c.vq.used_idx + rnd.randrange(0, 3)) & 0xFFFF))
-            writes.append((avail + 4 + 2 * size, ev.to_bytes(2, "little")))
+            writes.append((avail + 4 + 2 * (case.avail_idx % size), head.to_bytes(2, "little")))
+        case.avail_idx = (case.avail_idx + 1) & 0xFFFF
+    if jump > 64:
+        case.avail_idx = (case.avail_idx + jump) & 0xFFFF
+    writes.append((avail + 2, case.avail_idx.to_bytes(2, "little")))
+    writes.append((avail, rnd.choice((0, 0, 1, 0xFFFF)).to_bytes(2, "little")))
+    if size:
+        ev = rnd.choice((rnd.randrange(0, 1 << 16), (used_idx + rnd.randrange(0, 3)) & 0xFFFF))
+        writes.append((avail + 4 + 2 * size, ev.to_bytes(2, "little")))
+    return writes
+
+
+def pop_push_compare(case: Case, c: Side, p: Side, stats: Counter) -> int:
+    """Pop (in batches with tight iovec space), push, decide on notifying, on both sides;
+    everything must agree. Returns how many times a notify was due."""
+    rnd, size = case.rnd, max(case.size, 1)
+    notified = 0
+    max_iovs = size + rnd.randrange(0, 3 * size)
+    for _ in range(rnd.randrange(1, 4)):
+        mc = rnd.randrange(0, 20)
+        rc_ = c.vq._r.pop_batch(mc, max_iovs)
+        rp = p.vq._r.pop_batch(mc, max_iovs)
+        _compare_chains(rc_, rp, c.mem, p.mem)
+        stats["chains"] += len(rc_)
+        stats["good"] += sum(1 for ch in rc_ if not ch[1])
+        stats.update(S.ERR_NAMES[ch[1]] for ch in rc_ if ch[1])
+        items = [(ch[0], rnd.randrange(0, 1 << 32)) for ch in rc_ if rnd.random() < 0.8]
         if rnd.random() < 0.05:
-            regions = [(RW, PROT_READ)] + regions[1:]      # rings become read-only
+            items.append((rnd.randrange(0, 1 << 16), 0))
+        ids, lens = [i for i, _ in items], [n for _, n in items]
+        assert c.vq._r.push_batch(ids, lens) == p.vq._r.push_batch(ids, lens)
+        notify = c.vq.needs_notify()
+        assert notify == p.vq.needs_notify()
+        notified += notify
+        assert c.vq.get_state() == p.vq.get_state()
+        assert c.mem.snapshot() == p.mem.snapshot()
+    return notified
+
+
+def run_case(seed: int, c: Side, p: Side) -> dict:
+    """Three rounds of identical random driver writes into both memories, each followed by
+    pop/push/notify on both rings; returns what the workload reached (for coverage)."""
+    case = Case(random.Random(seed))
+    set_up_queue(case, c, None)
+    set_up_queue(case, p, c.vq.used_idx)
+    case.avail_idx = c.vq.last_avail_idx
+    stats: Counter = Counter()
+    notified = 0
+    for _round in range(3):
+        writes, heads = table_writes(case)
+        writes += avail_writes(case, heads, c.vq.last_avail_idx, c.vq.used_idx)
+        if case.rnd.random() < 0.05:
+            case.regions = [(RW, PROT_READ)] + case.regions[1:]      # rings become read-only
         for s in (c, p):
             for iova, data in writes:
                 if BASE <= iova and iova + len(data) <= BASE + MEM:
                     s.mem.write(iova, data)
-            s.map(regions)
-        # pop, maybe in several batches with tight iovec space
-        max_iovs = max(size, 1) + rnd.randrange(0, 3 * max(size, 1))
-        for _ in range(rnd.randrange(1, 4)):
-            mc = rnd.randrange(0, 20)
-            rc_ = c.vq._r.pop_batch(mc, max_iovs)
-            rp = p.vq._r.pop_batch(mc, max_iovs)
-            _compare_chains(rc_, rp, c.mem, p.mem)
-            stats["chains"] += len(rc_)
-            stats["good"] += sum(1 for ch in rc_ if not ch[1])
-            stats.update(S.ERR_NAMES[ch[1]] for ch in rc_ if ch[1])
-            items = [(ch[0], rnd.randrange(0, 1 << 32)) for ch in rc_ if rnd.random() < 0.8]
-            if rnd.random() < 0.05:
-                items.append((rnd.randrange(0, 1 << 16), 0))
-            ids, lens = [i for i, _ in items], [n for _, n in items]
-            assert c.vq._r.push_batch(ids, lens) == p.vq._r.push_batch(ids, lens)
-            notify = c.vq.needs_notify()
-            assert notify == p.vq.needs_notify()
-            notified += notify
-            assert c.vq.get_state() == p.vq.get_state()
-            assert c.mem.snapshot() == p.mem.snapshot()
+            s.map(case.regions)
+        notified += pop_push_compare(case, c, p, stats)
     if c.vq.broken:
         stats[S.BROKEN_NAMES[c.vq.broken]] += 1
     stats["notified"] += notified
-    stats["event_idx" if event_idx else "no_event_idx"] += 1
+    stats["event_idx" if case.event_idx else "no_event_idx"] += 1
     return stats
 
 
