@@ -322,20 +322,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _raise_stop) if catch_term else None
     try:
         return COMMANDS[args.command](args, out)
-    except UsageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (CtlError, ControlError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except TimeoutError as e:
-        print(f"{PROG}: no reply from {args.control}: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ConnectionError, OSError) as e:
-        print(f"{PROG}: lost the control socket {args.control}: {e}", file=sys.stderr)
-        return EXIT_ERROR
     except (KeyboardInterrupt, _Stop):
         return EXIT_OK                 # SIGINT/SIGTERM end a monitor cleanly
+    except (UsageError, CtlError, ControlError, OSError) as e:
+        code, message = _failure(e, args.control)
+        print(f"{PROG}: {message}", file=sys.stderr)
+        return code
     finally:
         if catch_term:
             signal.signal(signal.SIGTERM, old_term)
@@ -343,6 +335,17 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             out.flush()
         except (OSError, ValueError):
             pass
+
+
+def _failure(e: Exception, control: str) -> tuple[int, str]:
+    """Exit status and one-line message for a failure of a command."""
+    if isinstance(e, UsageError):
+        return EXIT_USAGE, str(e)
+    if isinstance(e, (CtlError, ControlError)):
+        return EXIT_ERROR, str(e)
+    if isinstance(e, TimeoutError):
+        return EXIT_ERROR, f"no reply from {control}: {e}"
+    return EXIT_ERROR, f"lost the control socket {control}: {e}"    # ConnectionError etc.
 
 
 def _raise_stop(signum: int, frame: Any) -> None:
