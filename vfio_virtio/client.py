@@ -25,15 +25,29 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-__all__ = ["ControlClient", "ControlWatch", "ControlError"]
+__all__ = ["ControlClient", "ControlWatch", "ControlError", "ControlProtocolError"]
 
 
 class ControlError(RuntimeError):
     """The server answered ``{"ok": false}``; the message is its ``error``."""
 
 
+class ControlProtocolError(ControlError):
+    """The peer does not speak the control protocol: a line that is not a JSON object."""
+
+
 def _encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _decode(line: bytes) -> dict:
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError):
+        msg = None
+    if not isinstance(msg, dict):
+        raise ControlProtocolError(f"not a control-protocol reply: {line[:80]!r}")
+    return msg
 
 
 class ControlClient:
@@ -85,14 +99,15 @@ class ControlClient:
         self._sock.sendall(data)
 
     def read_message(self, timeout: float | None = None) -> dict | None:
-        """Next JSON line from the server, or None on timeout. EOF raises ConnectionError."""
+        """Next JSON object from the server, or None on timeout. EOF raises ConnectionError;
+        a line that is not a JSON object raises ControlProtocolError."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             nl = self._buf.find(b"\n")
             if nl >= 0:
                 line = bytes(self._buf[:nl])
                 del self._buf[:nl + 1]
-                return json.loads(line)
+                return _decode(line)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None

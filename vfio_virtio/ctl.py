@@ -170,12 +170,23 @@ def _connect(args: argparse.Namespace) -> tuple[ControlClient, Lines]:
         raise CtlError(f"cannot connect to control socket {args.control}: {reason}") from None
     try:
         info = c.info()
-        lines = Lines(int(info["lines"]), info.get("names") or [], args.by_name,
-                      args.unquoted)
+        n, names = info.get("lines"), info.get("names") or []
+        if type(n) is not int or n < 0 or not isinstance(names, list) or \
+                not all(isinstance(x, str) for x in names):
+            raise CtlError(f"unexpected reply from {args.control}: {info}"[:200])
+        lines = Lines(n, names[:n], args.by_name, args.unquoted)
     except BaseException:
         c.close()
         raise
     return c, lines
+
+
+def line_state(c: ControlClient, offset: int) -> dict:
+    """``get`` of one line, checked: the reply names the line and a value of 0 or 1."""
+    st = c.get(offset)
+    if st.get("line") != offset or st.get("value") not in (0, 1):
+        raise CtlError(f"unexpected reply for line {offset}: {st}"[:200])
+    return st
 
 
 # ---- commands -----------------------------------------------------------------------------
@@ -183,7 +194,7 @@ def cmd_get(args: argparse.Namespace, out: TextIO) -> int:
     c, lines = _connect(args)
     with c:
         offsets = lines.resolve(args.lines)
-        values = [c.get(off)["value"] for off in offsets]
+        values = [line_state(c, off)["value"] for off in offsets]
     if args.numeric:
         print(" ".join(str(v) for v in values), file=out)
     else:
@@ -207,7 +218,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     c, lines = _connect(args)
     with c:
         offsets = lines.resolve(args.lines) if args.lines else range(lines.nlines)
-        states = [c.get(off) for off in offsets]
+        states = [line_state(c, off) for off in offsets]
     print(f"{args.control} - {lines.nlines} lines:", file=out)
     for st in states:
         print(format_info_line(st, args.unquoted), file=out)
@@ -264,11 +275,21 @@ def cmd_monitor(args: argparse.Namespace, out: TextIO) -> int:
         except (OSError, TimeoutError) as e:
             raise CtlError(f"cannot watch {args.control}: {e}") from None
     with w:
-        last = {st["line"]: st["value"] for st in w.list()}
+        last = initial_values(w, lines.nlines, args.control)
         if args.banner:
             ids = args.lines or ["all lines"]
             print("Monitoring " + ", ".join(repr(i) for i in ids) + "...", file=out, flush=True)
         return _watch_edges(w, args, lines, offsets, last, out)
+
+
+def initial_values(w: Any, nlines: int, control: str) -> dict[int, int]:
+    """Every line's value from one ``list`` (the baseline edges are measured against)."""
+    states = w.request("list").get("lines")
+    if not isinstance(states, list):
+        raise CtlError(f"unexpected reply from {control}: no line list")
+    return {st["line"]: st["value"] for st in states if isinstance(st, dict)
+            and type(st.get("line")) is int and 0 <= st["line"] < nlines
+            and st.get("value") in (0, 1)}
 
 
 def _watch_edges(w: Any, args: argparse.Namespace, lines: Lines, offsets: set[int],

@@ -228,3 +228,81 @@ def test_main_returns_exit_codes_in_process(tmp_path, capsys):
     assert main(["--control", str(tmp_path / "none"), "info"]) == 1
     assert main(["--control", "x", "get"]) == 2
     assert "cannot connect" in capsys.readouterr().err
+
+
+# ---- a peer that does not speak the protocol (hostile or simply the wrong socket) -----------
+class FakePeer:
+    """A UNIX socket whose every reply comes from ``answer(request) -> bytes`` (None: stay
+    silent; b"": hang up)."""
+
+    def __init__(self, path: Path, answer) -> None:
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.path, self.answer = str(path), answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import json
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                for line in conn.makefile("rb"):
+                    out = self.answer(json.loads(line))
+                    if out is None:
+                        continue
+                    if out == b"":
+                        break
+                    conn.sendall(out)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _info(req, **extra) -> bytes:
+    import json
+    return (json.dumps({"ok": True, "id": req["id"], "lines": 2, "names": [], **extra})
+            + "\n").encode()
+
+
+@pytest.mark.parametrize("name,answer,message", [
+    ("not json", lambda req: b"hello\n", "not a control-protocol reply: b'hello'"),
+    ("json list", lambda req: b"[1]\n", "not a control-protocol reply: b'[1]'"),
+    ("bad info", lambda req: _info(req, lines="x"), "unexpected reply from"),
+    ("bad value", lambda req: _info(req, line=0, value=7), "unexpected reply for line 0"),
+    ("hangs up", lambda req: b"", "lost the control socket"),
+    ("silent", lambda req: None, "no reply from"),
+])
+def test_a_peer_that_is_not_a_control_socket(tmp_path, name, answer, message):
+    peer = FakePeer(tmp_path / "peer.sock", answer)
+    try:
+        r = subprocess.run([*TOOL, "--control", peer.path, "--timeout", "1", "get", "0"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        peer.close()
+    assert r.returncode == 1 and message in r.stderr, r
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_client_api_raises_protocol_error(tmp_path):
+    from vfio_virtio.client import ControlProtocolError
+    peer = FakePeer(tmp_path / "peer.sock", lambda req: b"\xff\xfe\n")
+    try:
+        with ControlClient(peer.path, timeout=5) as c, pytest.raises(ControlProtocolError):
+            c.info()
+    finally:
+        peer.close()
+
+
+def test_the_vfio_user_socket_is_not_a_control_socket(srv):
+    """A user who passes --socket's path by mistake gets one line, and the server lives."""
+    r = subprocess.run([*TOOL, "--control", srv.socket, "--timeout", "2", "get", "0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r
+    assert srv.alive()
+    assert ctl(srv, "get", "0").returncode == 0

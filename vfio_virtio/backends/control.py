@@ -275,7 +275,7 @@ def _encode(obj: dict) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-_CLIENT_NAMES = ("ControlClient", "ControlWatch", "ControlError")
+_CLIENT_NAMES = ("ControlClient", "ControlWatch", "ControlError", "ControlProtocolError")
 
 
 def __getattr__(name: str) -> Any:
