@@ -322,7 +322,7 @@ def test_many_requests_in_flight(server_factory):
 
 
 def test_unreadable_chain_completes_and_queue_keeps_working(gpio):
-    """DESIGN (do better than a whole-batch failure) / 2.7.4: a chain whose request lies
+    """gpio/device.py (unlike a whole-batch failure) / 2.7.4: a chain whose request lies
     outside the driver's DMA maps is completed (nothing written) without DEVICE_NEEDS_RESET,
     and the requests after it in the same batch are served."""
     d, c = gpio
