@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _non_negative(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}")
     return int(text)
 
@@ -148,7 +148,7 @@ class Lines:
         return offsets
 
     def _one(self, ident: str) -> int | None:
-        if not self.by_name and ident.isdigit() and int(ident) < self.nlines:
+        if not self.by_name and ident.isascii() and ident.isdigit() and int(ident) < self.nlines:
             return int(ident)
         if ident in self.names and ident:
             return self.names.index(ident)

@@ -108,6 +108,7 @@ def test_info_lists_every_line(srv):
 # ---- errors a user sees -------------------------------------------------------------------
 @pytest.mark.parametrize("args,code,message", [
     (["get", "nope"], 1, "cannot find line 'nope'"),
+    (["get", "\u00b2"], 1, "cannot find line '\u00b2'"),          # a digit, not ASCII
     (["get", "8"], 1, "cannot find line '8'"),                     # offsets 0..7
     (["--by-name", "get", "0"], 1, "cannot find line '0'"),
     (["get", "led", "0"], 1, "lines 'led' and '0' are the same line"),
