@@ -35,6 +35,7 @@ import os
 import socket
 import stat
 import tempfile
+import time
 
 from .server import GpioServer, ServerConfig, ServerError
 
@@ -201,6 +202,7 @@ def take_over(cfg: ServerConfig) -> GpioServer:
     except OSError as e:
         raise ServerError(f"cannot reach the running server's handover socket "
                           f"{cfg.take_over}: {e.strerror or e}") from None
+    t0 = time.monotonic()
     with s:
         try:
             _send(s, {"op": "hello", "version": PROTOCOL, "backend": cfg.backend,
@@ -246,7 +248,7 @@ def take_over(cfg: ServerConfig) -> GpioServer:
         os.close(hfd)
         if cfg.handover:
             server.handover = HandoverListener(server, cfg.handover)
-    log.info("took over %s", sock_path)
+    log.info("took over %s: exchange %.1f ms", sock_path, (time.monotonic() - t0) * 1e3)
     return server
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from simchip import Sampler, SimChip  # noqa: E402
 
 from vfio_virtio.backends import gpio_uapi as U  # noqa: E402
+from vfio_virtio.backends.control import ControlClient, ControlError  # noqa: E402
 from vfio_virtio.gpio import spec as G  # noqa: E402
 from vfio_virtio.testing.gpio_driver import GpioDriver  # noqa: E402
 from vfio_virtio.testing.server_proc import ServerProcess  # noqa: E402
@@ -70,6 +71,25 @@ def no_event(d: GpioDriver, what: str) -> None:
 def one_event(d: GpioDriver, gpio: int, what: str) -> None:
     got = d.events(timeout=5.0)
     expect(got == [(gpio, G.VIRTIO_GPIO_IRQ_STATUS_VALID)], f"{what}: got {got}")
+
+
+class InfoWatch:
+    """The kernel's own record of a line: every request, release and reconfiguration of
+    ``k`` (GPIO_V2_GET_LINEINFO_WATCH_IOCTL), however short, shows up here."""
+
+    def __init__(self, chip: SimChip, k: int) -> None:
+        self.fd = os.open(chip.dev, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.info = U.watch_line_info(self.fd, k)
+
+    def changes(self) -> list[str]:
+        names = {U.GPIO_V2_LINE_CHANGED_REQUESTED: "requested",
+                 U.GPIO_V2_LINE_CHANGED_RELEASED: "released",
+                 U.GPIO_V2_LINE_CHANGED_CONFIG: "config"}
+        return [f"{names.get(c.event_type, c.event_type)} flags={c.info.flags:#x}"
+                for c in U.read_info_changes(self.fd)]
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def server(tag: str, *args: str) -> ServerProcess:
@@ -177,6 +197,7 @@ def check_d3hot(d: GpioDriver, chip: SimChip) -> None:
     with check("d3hot_nsr_output_kept") as r:
         d.set_value(OUT, 1)
         expect(chip.value(OUT) == 1, "output not driving 1 before D3hot")
+        w = InfoWatch(chip, OUT)
         s = Sampler(chip, OUT).begin()
         d.drv.set_power_state(3)
         expect(d.drv.power_state() == 3, "not in D3hot")
@@ -188,8 +209,11 @@ def check_d3hot(d: GpioDriver, chip: SimChip) -> None:
         d.drv.set_power_state(0)
         expect(d.get_value(OUT) == 1, "output value after D0")
         r.update(s.stop())
+        r["line_info_changes"] = w.changes()
+        w.close()
         expect(r["first"] == 1 and r["changes"] == 0,
                f"sim value changed during D3hot: {r}")
+        expect(not r["line_info_changes"], f"line reconfigured during D3hot: {r}")
 
 
 def check_handover(d: GpioDriver, chip: SimChip, s1: ServerProcess,
@@ -198,6 +222,7 @@ def check_handover(d: GpioDriver, chip: SimChip, s1: ServerProcess,
     s2 = None
     with check("handover") as r:
         expect(chip.value(OUT) == 1, "output not driving 1 before the handover")
+        w = InfoWatch(chip, OUT)
         s = Sampler(chip, OUT).begin()
         t0 = time.monotonic()
         s2 = ServerProcess("--backend", spec, "--take-over", s1.socket + ".handover",
@@ -216,8 +241,14 @@ def check_handover(d: GpioDriver, chip: SimChip, s1: ServerProcess,
         d.reattach(s1.socket)
         expect(d.get_value(OUT) == 1, "GET_VALUE after the handover")
         r.update(s.stop())
+        r["line_info_changes"] = w.changes()
+        w.close()
+        with open(s2.log_path) as f:
+            m = [ln for ln in f if "exchange" in ln]
+        r["exchange"] = m[-1].split("exchange", 1)[1].strip() if m else None
         expect(r["first"] == 1 and r["changes"] == 0,
                f"output changed across the handover: {r}")
+        expect(not r["line_info_changes"], f"line released or reconfigured: {r}")
         expect(rc == 0, f"old server exit status {rc}")
         d.set_value(OUT, 0)
         expect(chip.value(OUT) == 0, "new process does not drive the line")
@@ -275,10 +306,29 @@ def check_busy_and_soft_reset(chip: SimChip) -> None:
                "message must name the busy line and its consumer")
     os.close(hold)
     os.close(cfd)
-    with check("soft_reset_releases") as r:
-        chip.pull(0, 0)
-        with server("sr", "--backend", spec, "--soft-reset") as s3, \
-                GpioDriver.open(s3.socket) as d:
+    chip.pull(0, 0)
+    s3 = ServerProcess("--backend", spec, "--soft-reset", workdir=os.path.join(WORK, "sr"),
+                       ready_timeout=60.0)
+    with s3, GpioDriver.open(s3.socket) as d:
+        with check("control_watch_readonly") as r:
+            with ControlClient(s3.control) as c, c.watch() as cw:
+                d.set_value(0, 1)
+                d.set_direction(0, G.VIRTIO_GPIO_DIRECTION_OUT)
+                r["event"] = cw.wait_for(lambda e: e.get("line") == 0
+                                         and e.get("value") == 1, 10)
+                d.set_irq_type(1, G.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH)
+                chip.pull(1, 1)
+                ev = cw.wait_for(lambda e: e.get("line") == 1 and e.get("source") == "chip",
+                                 10)
+                expect(ev["value"] == 1, f"chip edge event {ev}")
+                try:
+                    c.set(2, 1)
+                except ControlError as e:
+                    r["set_refused"] = str(e)
+                expect("cannot drive" in r.get("set_refused", ""), "set was not refused")
+                r["get"] = c.get(0)
+                expect(r["get"]["value"] == 1 and r["get"]["direction"] == "out", "get")
+        with check("soft_reset_releases") as r:
             d.set_value(0, 1)
             d.set_direction(0, G.VIRTIO_GPIO_DIRECTION_OUT)
             expect(chip.value(0) == 1, "output not driving")

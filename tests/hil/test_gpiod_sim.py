@@ -74,6 +74,7 @@ def _check(g: dict, name: str) -> dict:
     "soft_reset_releases",       # the soft-reset path returns lines to input
     "busy_line",                 # a line requested elsewhere: clear error at start
     "chip_gone",                 # live 0 while serving: ERR, no crash, no spin
+    "control_watch_readonly",    # --control with gpiod: watch and get, set refused
 ])
 def test_gpiod_on_gpio_sim(sim_guest, name):
     _check(sim_guest, name)

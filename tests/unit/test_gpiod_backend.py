@@ -37,7 +37,7 @@ def test_uapi_struct_sizes_and_ioctl_numbers():
     sizes = {U.gpiochip_info: 68, U.gpio_v2_line_info: 256, U.gpio_v2_line_request: 592,
              U.gpio_v2_line_config: 272, U.gpio_v2_line_values: 16,
              U.gpio_v2_line_event: 48, U.gpio_v2_line_attribute: 16,
-             U.gpio_v2_line_config_attribute: 24}
+             U.gpio_v2_line_config_attribute: 24, U.gpio_v2_line_info_changed: 288}
     assert {t.__name__: ctypes.sizeof(t) for t in sizes} == \
         {t.__name__: n for t, n in sizes.items()}
     assert U.gpio_v2_line_request.config.offset == 288
@@ -45,8 +45,10 @@ def test_uapi_struct_sizes_and_ioctl_numbers():
     assert U.gpio_v2_line_request.fd.offset == 588
     assert (U.GPIO_GET_CHIPINFO_IOCTL, U.GPIO_V2_GET_LINEINFO_IOCTL, U.GPIO_V2_GET_LINE_IOCTL,
             U.GPIO_V2_LINE_SET_CONFIG_IOCTL, U.GPIO_V2_LINE_GET_VALUES_IOCTL,
-            U.GPIO_V2_LINE_SET_VALUES_IOCTL) == (0x8044B401, 0xC100B405, 0xC250B407,
-                                                 0xC110B40D, 0xC010B40E, 0xC010B40F)
+            U.GPIO_V2_LINE_SET_VALUES_IOCTL, U.GPIO_V2_GET_LINEINFO_WATCH_IOCTL,
+            U.GPIO_GET_LINEINFO_UNWATCH_IOCTL) == (0x8044B401, 0xC100B405, 0xC250B407,
+                                                   0xC110B40D, 0xC010B40E, 0xC010B40F,
+                                                   0xC100B406, 0xC004B40C)
 
 
 def test_config_carries_every_line():

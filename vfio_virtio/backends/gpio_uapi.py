@@ -45,6 +45,11 @@ GPIO_V2_LINE_ATTR_ID_FLAGS = 1
 GPIO_V2_LINE_ATTR_ID_OUTPUT_VALUES = 2
 GPIO_V2_LINE_ATTR_ID_DEBOUNCE = 3
 
+# enum gpio_v2_line_changed_type
+GPIO_V2_LINE_CHANGED_REQUESTED = 1
+GPIO_V2_LINE_CHANGED_RELEASED = 2
+GPIO_V2_LINE_CHANGED_CONFIG = 3
+
 # enum gpio_v2_line_event_id
 GPIO_V2_LINE_EVENT_RISING_EDGE = 1
 GPIO_V2_LINE_EVENT_FALLING_EDGE = 2
@@ -94,6 +99,11 @@ class gpio_v2_line_info(ctypes.Structure):
                 ("padding", u32 * 4)]
 
 
+class gpio_v2_line_info_changed(ctypes.Structure):
+    _fields_ = [("info", gpio_v2_line_info), ("timestamp_ns", u64), ("event_type", u32),
+                ("padding", u32 * 5)]
+
+
 class gpio_v2_line_event(ctypes.Structure):
     _fields_ = [("timestamp_ns", u64), ("id", u32), ("offset", u32), ("seqno", u32),
                 ("line_seqno", u32), ("padding", u32 * 6)]
@@ -117,6 +127,8 @@ def _IOWR(t: int, nr: int, st) -> int:
 
 GPIO_GET_CHIPINFO_IOCTL = _IOR(0xB4, 0x01, gpiochip_info)
 GPIO_V2_GET_LINEINFO_IOCTL = _IOWR(0xB4, 0x05, gpio_v2_line_info)
+GPIO_V2_GET_LINEINFO_WATCH_IOCTL = _IOWR(0xB4, 0x06, gpio_v2_line_info)
+GPIO_GET_LINEINFO_UNWATCH_IOCTL = _IOWR(0xB4, 0x0C, u32)
 GPIO_V2_GET_LINE_IOCTL = _IOWR(0xB4, 0x07, gpio_v2_line_request)
 GPIO_V2_LINE_SET_CONFIG_IOCTL = _IOWR(0xB4, 0x0D, gpio_v2_line_config)
 GPIO_V2_LINE_GET_VALUES_IOCTL = _IOWR(0xB4, 0x0E, gpio_v2_line_values)
@@ -141,6 +153,31 @@ def line_info(chip_fd: int, offset: int) -> gpio_v2_line_info:
     info = gpio_v2_line_info(offset=offset)
     _ioctl(chip_fd, GPIO_V2_GET_LINEINFO_IOCTL, info)
     return info
+
+
+def watch_line_info(chip_fd: int, offset: int) -> gpio_v2_line_info:
+    """GPIO_V2_GET_LINEINFO_WATCH_IOCTL: from now on the chip fd reports every request,
+    release and reconfiguration of line ``offset`` (:func:`read_info_changes`)."""
+    info = gpio_v2_line_info(offset=offset)
+    _ioctl(chip_fd, GPIO_V2_GET_LINEINFO_WATCH_IOCTL, info)
+    return info
+
+
+INFO_CHANGED_SIZE = ctypes.sizeof(gpio_v2_line_info_changed)
+
+
+def read_info_changes(chip_fd: int) -> list[gpio_v2_line_info_changed]:
+    """Pending gpio_v2_line_info_changed records of a watching chip fd (non-blocking fd)."""
+    out = []
+    while True:
+        try:
+            data = os.read(chip_fd, INFO_CHANGED_SIZE * 16)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        for i in range(0, len(data) - INFO_CHANGED_SIZE + 1, INFO_CHANGED_SIZE):
+            out.append(gpio_v2_line_info_changed.from_buffer_copy(data, i))
 
 
 def build_config(flags: list[int], outputs: list[int]) -> gpio_v2_line_config:

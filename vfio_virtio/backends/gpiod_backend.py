@@ -159,9 +159,10 @@ class GpiodBackend(Backend):
                         f"line {o}" + (f" ({i.name.decode(errors='replace')!r})" if i.name else "")
                         + f" is in use by {i.consumer.decode(errors='replace')!r}"
                         for o, i in busy if i.flags & U.GPIO_V2_LINE_FLAG_USED)
-                    raise BackendError(errno.EBUSY, f"gpiochip {self.path}: "
-                                       f"{what or 'a line is busy'}; the backend requests "
-                                       "all its lines at start") from None
+                    err = BackendError(f"gpiochip {self.path}: {what or 'a line is busy'}; "
+                                       "the backend requests all its lines at start")
+                    err.errno = errno.EBUSY
+                    raise err from None
                 raise
             self._reqs.append((fd, g))
         self._hw = [self._group_config(k) for k in range(len(self._reqs))]
