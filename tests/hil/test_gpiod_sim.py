@@ -84,7 +84,8 @@ def test_handover_keeps_output_driving(sim_guest):
     """The server is replaced (state + line-request fds over SCM_RIGHTS); sim `value`
     sampled throughout never changes; the reattached client is served by the new process."""
     c = _check(sim_guest, "handover")
-    assert c["changes"] == 0 and c["samples"] > 0, c
+    assert c["changes_before_client"] == 0 and c["samples"] > 0, c
+    assert c["line_info_before_client"] == [], c
 
 
 def test_backend_unit_tests_run_unskipped(sim_guest):
