@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import tempfile
 import time
 
@@ -45,6 +46,7 @@ PROTOCOL = 1
 MAX_MSG = 4 << 20          # one snapshot of 1024 lines is well under this
 MAX_FDS = 64
 TIMEOUT = 30.0             # for each step of the exchange
+HELLO_TIMEOUT = 2.0        # a peer that connects and stays silent blocks the loop this long
 
 
 def _send(s: socket.socket, obj: dict, fds: list[int] = ()) -> None:
@@ -108,9 +110,14 @@ class HandoverListener:
             conn, _ = self.sock.accept()
         except (BlockingIOError, InterruptedError):
             return
-        conn.settimeout(TIMEOUT)
+        conn.settimeout(HELLO_TIMEOUT)
         with conn:
             try:
+                uid = struct.unpack("3i", conn.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+                if uid not in (os.getuid(), 0):
+                    log.error("handover: refused a peer of uid %d", uid)
+                    return
                 self._serve(conn)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.error("handover failed: %s", e)
@@ -120,6 +127,7 @@ class HandoverListener:
         hello, fds = _recv(conn)
         for fd in fds:
             os.close(fd)
+        conn.settimeout(TIMEOUT)
         if hello.get("op") != "hello" or hello.get("version") != PROTOCOL:
             _send(conn, {"op": "error", "error": f"expected hello version {PROTOCOL}"})
             return

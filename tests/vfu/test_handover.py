@@ -81,3 +81,35 @@ def test_failed_successor_leaves_old_server_serving(tmp_path):
         d.close()
     finally:
         old.stop()
+
+
+def test_hostile_handover_peers_do_not_stop_the_server(tmp_path):
+    """A peer on the handover socket that stays silent, sends junk or passes fds gets
+    nothing and the server keeps serving (the silent one is dropped after 2 s)."""
+    import socket as so
+    wd = str(tmp_path)
+    h = os.path.join(wd, "handover.sock")
+    old = ServerProcess("--lines", "8", "--handover", h, workdir=wd).start()
+    try:
+        d = GpioDriver.open(old.socket)
+        silent = so.socket(so.AF_UNIX, so.SOCK_SEQPACKET)
+        silent.connect(h)
+        silent.settimeout(10)
+        assert silent.recv(100) == b""                  # dropped, no state sent
+        silent.close()
+        for junk in (b"\xff\xfe", b"[]", b'{"op":"hello","version":99}',
+                     b'{"op":"hello","version":1,"backend":"gpiod:/dev/x"}'):
+            s = so.socket(so.AF_UNIX, so.SOCK_SEQPACKET)
+            s.connect(h)
+            s.settimeout(10)
+            r, w = os.pipe()
+            so.send_fds(s, [junk], [r])
+            os.close(r)
+            os.close(w)
+            reply, fds, _, _ = so.recv_fds(s, 1 << 16, 8)
+            assert not fds and b'"state"' not in reply, reply
+            s.close()
+        assert old.alive() and d.get_value(0) == 0      # still served on the same connection
+        d.close()
+    finally:
+        old.stop()

@@ -72,6 +72,8 @@ def line_flags(direction: int, edge: str) -> int:
 def _open_chip(path: str) -> tuple[int, U.gpiochip_info]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"{path!r} is not a GPIO character device (no such file)") from None
     except OSError as e:
         raise ValueError(f"cannot open gpiochip {path!r}: {e.strerror or e}") from e
     try:
@@ -259,7 +261,8 @@ class GpiodBackend(Backend):
                 except OSError:
                     pass
 
-    def _notify(self, line: int, source: str) -> None:
+    def _notify(self, line: int, source: str, level: int | None = None) -> None:
+        """Tell watchers about ``line``; ``level`` is an input level the chip reported."""
         with self._wlock:
             ws = list(self._watchers)
         if not ws:
@@ -267,8 +270,8 @@ class GpiodBackend(Backend):
         info = {"line": line, "name": self._names[line] if self._names else "",
                 "direction": DIRECTION_NAMES[self._dir[line]], "edge": self._edge[line],
                 "source": source}
-        if self._dir[line] == DIR_OUT:
-            info["value"] = self._out[line]
+        if level is not None or self._dir[line] == DIR_OUT:
+            info["value"] = self._out[line] if level is None else level
         for cb in ws:
             try:
                 cb(dict(info))
@@ -377,21 +380,8 @@ class GpiodBackend(Backend):
                 except ValueError:
                     continue
                 out.append((i, 1 if ev.id == U.GPIO_V2_LINE_EVENT_RISING_EDGE else 0))
-                self._notify_input(i, out[-1][1])
+                self._notify(i, "chip", out[-1][1])
         return out
-
-    def _notify_input(self, line: int, level: int) -> None:
-        with self._wlock:
-            ws = list(self._watchers)
-        if ws:
-            info = {"line": line, "name": self._names[line] if self._names else "",
-                    "direction": DIRECTION_NAMES[self._dir[line]], "value": level,
-                    "edge": self._edge[line], "source": "chip"}
-            for cb in ws:
-                try:
-                    cb(dict(info))
-                except Exception:
-                    log.exception("gpiod watcher failed")
 
     def reset_lines(self) -> None:
         if self._disowned:
