@@ -113,3 +113,12 @@ def test_hostile_handover_peers_do_not_stop_the_server(tmp_path):
         d.close()
     finally:
         old.stop()
+
+
+def test_take_over_flags(tmp_path):
+    """--take-over carries the state: --restore beside it is a flag error (exit 2)."""
+    p = subprocess.run([sys.executable, "-m", "vfio_virtio", "--socket",
+                        str(tmp_path / "s.sock"), "--take-over", str(tmp_path / "h"),
+                        "--restore", str(tmp_path / "snap.json")],
+                       cwd=TOP, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "exclude each other" in p.stderr, p.stderr
