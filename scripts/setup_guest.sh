@@ -13,6 +13,8 @@
 #
 # Output ($VV_CACHE/guest/current -> <key>):
 #   vmlinuz  initramfs.cpio.gz  config  gpio-virtio.ko  vv_mmio_bridge.ko  release  manifest.txt
+#   initramfs-gpiosim.cpio.gz (the same plus 9p, configfs, irq_sim, gpio-sim and
+#   /bin/vv-gpiosim-up, for tests/hil/test_gpiod_sim.py; the modules are not in load.list)
 # <key> hashes the SHA256 (from apt's index) of every input .deb, the host libc6 version (its
 # libs are copied for gpiod), and this script + guest/init. The kernel part (vmlinuz, modules)
 # is cached separately under kernel/<kkey> (kernel packages + the module lists below + the
@@ -30,15 +32,24 @@ stamp="$base/.index-updated"
 max_age_days=${VV_GUEST_INDEX_MAX_AGE_DAYS:-7}
 # Kernel modules the initramfs carries besides gpio-virtio.ko (their deps are added by modinfo).
 want_modules=(gpio-pci-idio-16 virtio_mmio)
+# Modules of the gpio-sim guest only (tests/hil/test_gpiod_sim.py), NOT in load.list: the 9p
+# client (the host root shared read-only) and configfs, from the image; irq_sim and gpio-sim
+# are built out of tree below (Debian's 6.12 has GPIO_SIM and IRQ_SIM off).
+gpiosim_modules=(9p 9pnet_virtio configfs)
 # Module directories extracted from the image package (deps must live here too).
-module_dirs=(kernel/drivers/gpio kernel/drivers/base/regmap kernel/drivers/virtio)
+module_dirs=(kernel/drivers/gpio kernel/drivers/base/regmap kernel/drivers/virtio
+             kernel/fs/netfs kernel/net/9p kernel/fs/9p kernel/fs/configfs)
 # Our own guest module, built out of tree next to gpio-virtio.ko (and loaded after it).
 bridge_src="$top/guest/vv_mmio_bridge"
 bridge_files=("$bridge_src/vv_mmio_bridge.c" "$bridge_src/Kbuild")
+# The gpio-sim guest's bring-up script (copied into its extra initramfs as /bin/vv-gpiosim-up).
+gpiosim_up="$top/guest/gpiosim/up.sh"
+# Bump when the irq_sim/gpio-sim build recipe below changes (it is part of the kernel key).
+gpiosim_recipe=1
 mkdir -p "$base"
 
-scripts_hash=$(cat "$here/setup_guest.sh" "$top/guest/init" "${bridge_files[@]}" | sha256sum | cut -c1-16)
-kernel_recipe=$( { printf '%s\n' "${want_modules[@]}" "${module_dirs[@]}"; cat "${bridge_files[@]}"; } \
+scripts_hash=$(cat "$here/setup_guest.sh" "$top/guest/init" "${bridge_files[@]}" "$gpiosim_up" | sha256sum | cut -c1-16)
+kernel_recipe=$( { printf '%s\n' "${want_modules[@]}" "${module_dirs[@]}" "${gpiosim_modules[@]}" "gpiosim-$gpiosim_recipe"; cat "${bridge_files[@]}"; } \
                  | sha256sum | cut -c1-16)
 if [[ "${VV_GUEST_REFRESH:-0}" != 1 && -f "$base/current/.complete" && -f "$stamp" \
       && "$(cat "$base/current/scripts-hash" 2>/dev/null)" == "$scripts_hash" \
@@ -120,7 +131,7 @@ if [[ ! -f "$kdir/.complete" ]]; then
     cp "$work/boot/config-$release" "$kdir/config"
     echo "$release" >"$kdir/release"
 
-    # Modules wanted + their dependencies, dependencies first.
+    # Modules wanted + their dependencies, dependencies first, into $mod_out with its list.
     mtree="$work/lib/modules/$release"
     order=()
     find_ko() { find "$mtree" -name "$1.ko*" -o -name "${1//_/-}.ko*" -o -name "${1//-/_}.ko*" | head -n1; }
@@ -133,21 +144,43 @@ if [[ ! -f "$kdir/.complete" ]]; then
         fi
         for dep in $(modinfo -F depends "$ko" | tr ',' ' '); do add_mod "$dep"; done
         order+=("$name")
-        cp "$ko" "$kdir/modules/"
-        echo "$(basename "$ko")" >>"$kdir/modules/load.list"
+        cp "$ko" "$mod_out/"
+        echo "$(basename "$ko")" >>"$mod_out/load.list"
     }
-    : >"$kdir/modules/load.list"
+    mod_out="$kdir/modules"; : >"$mod_out/load.list"
     for m in "${want_modules[@]}"; do add_mod "$m"; done
+    # The gpio-sim guest's modules: a separate list the default initramfs never loads.
+    mkdir -p "$kdir/gpiosim"; mod_out="$kdir/gpiosim"; : >"$mod_out/load.list"; order=()
+    for m in "${gpiosim_modules[@]}"; do add_mod "$m"; done
 
     vv_log "extracting drivers/gpio/gpio-virtio.c from linux-source-6.12 $kver (streamed)"
     src=$(ls "$work/debs"/linux-source-6.12_*.deb)
     mkdir -p "$work/src" "$work/mod"
     dpkg-deb --fsys-tarfile "$src" | tar -xO ./usr/src/linux-source-6.12.tar.xz | xz -dc -T0 \
-        | tar -x -C "$work/src" --wildcards '*/drivers/gpio/gpio-virtio.c'
+        | tar -x -C "$work/src" --wildcards '*/drivers/gpio/gpio-virtio.c' \
+              '*/drivers/gpio/gpio-sim.c' '*/kernel/irq/irq_sim.c'
     gv=$(find "$work/src" -name gpio-virtio.c | head -n1)
     [[ -n "$gv" ]] || vv_die "gpio-virtio.c not found in linux-source-6.12 $kver"
     cp "$gv" "$bridge_src/vv_mmio_bridge.c" "$work/mod/"
     echo 'obj-m := gpio-virtio.o vv_mmio_bridge.o' >"$work/mod/Kbuild"
+    # irq_sim + gpio-sim for the gpio-sim guest. irq_sim.c is built-in code upstream; as a
+    # module it needs two edits, each checked so an upstream change fails loudly here:
+    # irq_to_desc() is not exported (generic_handle_irq() is, and runs the same handler),
+    # and a module needs MODULE_LICENSE.
+    mkdir -p "$work/simmod"
+    for f in gpio-sim.c irq_sim.c; do
+        src_f=$(find "$work/src" -name "$f" | head -n1)
+        [[ -n "$src_f" ]] || vv_die "$f not found in linux-source-6.12 $kver"
+        cp "$src_f" "$work/simmod/"
+    done
+    irqs="$work/simmod/irq_sim.c"
+    [[ $(grep -c 'handle_simple_irq(irq_to_desc(irqnum))' "$irqs") == 1 ]] \
+        || vv_die "irq_sim.c of $kver changed: 'handle_simple_irq(irq_to_desc(irqnum))' is not there exactly once; revisit the gpio-sim module build"
+    ! grep -q 'MODULE_LICENSE' "$irqs" || vv_die "irq_sim.c of $kver already has MODULE_LICENSE; revisit the gpio-sim module build"
+    sed -i 's/handle_simple_irq(irq_to_desc(irqnum))/generic_handle_irq(irqnum)/' "$irqs"
+    printf '\n#include <linux/module.h>\nMODULE_LICENSE("GPL");\n' >>"$irqs"
+    grep -q 'generic_handle_irq(irqnum)' "$irqs" || vv_die "patching irq_sim.c failed"
+    echo 'obj-m := irq_sim.o gpio-sim.o' >"$work/simmod/Kbuild"
 
     hroot="$work/hroot"; mkdir -p "$hroot"
     for p in linux-headers-"$abi"-amd64 linux-headers-"$abi"-common linux-kbuild-"$abi"; do
@@ -165,6 +198,15 @@ if [[ ! -f "$kdir/.complete" ]]; then
             || vv_die "$ko vermagic does not match $release"
         cp "$work/mod/$ko" "$kdir/modules/"
         echo "$ko" >>"$kdir/modules/load.list"
+    done
+    vv_log "building irq_sim.ko and gpio-sim.ko against $release"
+    make -C "$hdir" M="$work/simmod" modules CONFIG_DEBUG_INFO_BTF_MODULES= >"$work/simbuild.log" 2>&1 \
+        || { tail -n 30 "$work/simbuild.log"; vv_die "building irq_sim.ko/gpio-sim.ko failed"; }
+    for ko in irq_sim.ko gpio-sim.ko; do
+        [[ "$(modinfo -F vermagic "$work/simmod/$ko" | awk '{print $1}')" == "$release" ]] \
+            || vv_die "$ko vermagic does not match $release"
+        cp "$work/simmod/$ko" "$kdir/gpiosim/"
+        echo "$ko" >>"$kdir/gpiosim/load.list"
     done
     printf '%s\n' "${kpkgs[@]}" >"$kdir/packages.txt"
     touch "$kdir/.complete"
@@ -209,6 +251,16 @@ rm -rf "$dest"; mkdir -p "$dest"
 cp "$kdir/vmlinuz" "$kdir/config" "$kdir/release" "$kdir/modules/gpio-virtio.ko" \
    "$kdir/modules/vv_mmio_bridge.ko" "$dest/"
 cp "$kdir/modules/load.list" "$dest/modules.txt"
+# The gpio-sim guest: a second cpio appended to the same initramfs (the kernel unpacks
+# concatenated archives in order), adding /lib/modules/gpiosim/ and /bin/vv-gpiosim-up.
+# guest/init never looks there: only the gpio-sim test loads them.
+gs="$work/gpiosim-root"; mkdir -p "$gs/lib/modules/gpiosim" "$gs/bin"
+cp "$kdir/gpiosim/"* "$gs/lib/modules/gpiosim/"
+cp "$gpiosim_up" "$gs/bin/vv-gpiosim-up"; chmod 755 "$gs/bin/vv-gpiosim-up"
+(cd "$gs" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
+    | cpio --null -o -H newc -R 0:0 --reproducible --quiet) | gzip -9n >"$dest/gpiosim.cpio.gz"
+cat "$dest/initramfs.cpio.gz" "$dest/gpiosim.cpio.gz" >"$dest/initramfs-gpiosim.cpio.gz"
+cp "$kdir/gpiosim/load.list" "$dest/gpiosim-modules.txt"
 printf '%s\n' "$manifest" >"$dest/manifest.txt"
 echo "$scripts_hash" >"$dest/scripts-hash"
 touch "$dest/.complete"

@@ -11,7 +11,8 @@ import os
 import sys
 
 from .gpio.names import parse_names_arg, parse_names_file
-from .server import GpioServer, ServerConfig, ServerError
+from .handover import start_server
+from .server import ServerConfig, ServerError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="sim",
                    help="'sim' (default) or 'gpiod:/dev/gpiochipN'")
     p.add_argument("--control", metavar="PATH",
-                   help="JSON-lines control socket for the sim backend (see docs/CONTROL.md)")
+                   help="JSON-lines control socket: sim lines read and driven, gpiod lines "
+                   "read and watched (see docs/CONTROL.md)")
     nsr = p.add_mutually_exclusive_group()
     nsr.add_argument("--no-soft-reset", dest="no_soft_reset", action="store_true",
                      default=True, help="set PMCSR No_Soft_Reset: D3hot->D0 keeps state "
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", metavar="FILE", help="start from a saved device snapshot")
     p.add_argument("--snapshot", metavar="FILE",
                    help="save a device snapshot to FILE on SIGUSR1 and at exit")
+    p.add_argument("--handover", metavar="PATH",
+                   help="listen on PATH for a successor process (--take-over PATH) to hand "
+                   "the device and its line requests to (docs/HANDOVER.md)")
+    p.add_argument("--take-over", metavar="PATH",
+                   help="continue the server whose --handover is PATH: same --socket and "
+                   "--backend, lines keep driving (docs/HANDOVER.md)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return p
 
@@ -96,14 +104,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         except OSError:
             raise ValueError(f"--ready-fd {args.ready_fd} is not an open file descriptor") \
                 from None
-    if args.control and args.backend != "sim":
-        raise ValueError("--control works with the sim backend only")
+    if args.take_over and args.restore:
+        raise ValueError("--take-over and --restore exclude each other (a take-over "
+                         "carries the device state)")
     return ServerConfig(socket=args.socket, lines=lines, names=names, backend=args.backend,
                         control=args.control, no_soft_reset=args.no_soft_reset,
                         suspend_feature=args.suspend_feature,
                         keep_lines_on_disconnect=not args.reset_lines_on_disconnect,
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
-                        restore=args.restore, transport=args.transport, snapshot=args.snapshot)
+                        restore=args.restore, transport=args.transport, snapshot=args.snapshot,
+                        handover=args.handover, take_over=args.take_over)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         parser.error(str(e))
     try:
-        server = GpioServer(cfg)
+        server = start_server(cfg)
     except ValueError as e:                  # a value the flags could not check alone
         parser.error(str(e))
     except (ServerError, OSError) as e:

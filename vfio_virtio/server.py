@@ -108,6 +108,8 @@ class ServerConfig:
     restore: str | None = None
     transport: str = "pci"
     snapshot: str | None = None         # saved on SIGUSR1 and at exit
+    handover: str | None = None         # listen here for a successor (vfio_virtio.handover)
+    take_over: str | None = None        # continue the server listening for one here
 
 
 def gpio_ids() -> PciIds:
@@ -133,12 +135,22 @@ class _SocketLock:
                               f"(lock {self.path} is held)") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
+        self.keep_file = False
+
+    @classmethod
+    def adopt(cls, sock_path: str, fd: int) -> "_SocketLock":
+        """The lock of a server handing over: ``fd`` shares its open file description, so
+        the flock stays held. The file is kept on release until ``keep_file`` is cleared."""
+        self = cls.__new__(cls)
+        self.path, self.fd, self.keep_file = sock_path + ".lock", fd, True
+        return self
 
     def release(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if not self.keep_file:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
         os.close(self.fd)
 
 
@@ -152,7 +164,11 @@ def qemu_command_hint(sock: str) -> str:
 class GpioServer:
     """The assembled device: backend -> controller -> virtio-gpio -> virtio core -> PCI."""
 
-    def __init__(self, cfg: ServerConfig, loop: Loop | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, loop: Loop | None = None, *, backend=None,
+                 lock_fd: int | None = None, bind_path: str | None = None) -> None:
+        """``backend``, ``lock_fd`` (the socket lock, held) and ``bind_path`` (realize the
+        vfio-user socket there; the caller renames it onto ``cfg.socket``) are given by a
+        handover (vfio_virtio.handover); otherwise all are made here."""
         self.cfg = cfg
         self.loop = loop or Loop()
         self.attached = False
@@ -163,19 +179,20 @@ class GpioServer:
         sock_dir = os.path.dirname(sock)
         if not os.path.isdir(sock_dir):
             raise ServerError(f"socket directory {sock_dir} does not exist")
-        self._lock = _SocketLock(sock)
+        self._lock = _SocketLock(sock) if lock_fd is None else _SocketLock.adopt(sock, lock_fd)
         try:
-            self._build(sock)
+            self._build(bind_path or sock, backend)
         except Exception:
             self._lock.release()
             raise
 
-    def _build(self, sock: str) -> None:
+    def _build(self, sock: str, backend=None) -> None:
         cfg = self.cfg
         if os.path.lexists(sock):
             log.info("replacing stale socket %s", sock)
             os.unlink(sock)
-        self.backend = make_backend(cfg.backend, cfg.lines, cfg.names)
+        self.backend = backend if backend is not None else \
+            make_backend(cfg.backend, cfg.lines, cfg.names)
         self.controller = GpioController(self.backend, cfg.names)
         self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
