@@ -34,6 +34,7 @@ NOT_IN_REPO = {
     "out/corpus/README.md",                                     # make fuzz output
     "docs/specs/pci-ids.rst",                                   # QEMU's source tree
     "virtio_pci_common.c", "drivers/gpio/gpio-virtio.c",        # Linux's source tree
+    "drivers/gpio/gpio-sim.c", "kernel/irq/irq_sim.c", "linux/gpio.h",
 }
 
 
