@@ -21,8 +21,11 @@ except ImportError as e:  # pragma: no cover - depends on the build
 
 ffi, lib = _vfu.ffi, _vfu.lib
 
-VFU_SOURCES = [os.path.join(CFFI_BUILD, "build_vfu.py"),
-               os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "libvfio-user.sha256")]
+_PATCHES = os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "patches", "libvfio-user")
+VFU_SOURCES = ([os.path.join(CFFI_BUILD, "build_vfu.py"),
+                os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "libvfio-user.sha256")]
+               + ([os.path.join(_PATCHES, n) for n in sorted(os.listdir(_PATCHES))
+                   if n.endswith(".patch")] if os.path.isdir(_PATCHES) else []))
 check_build_id("vfio_virtio._vfu", ffi.string(lib.VV_VFU_BUILD_ID).decode(), VFU_SOURCES)
 
 log = logging.getLogger("vfio_virtio.vfu")
