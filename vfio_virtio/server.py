@@ -30,6 +30,7 @@ from .pci.pm import PowerManagement
 from .virtio import spec as V
 from .virtio.core import VirtioCore
 from .virtio.pci_transport import VirtioPciTransport
+from .vfu.framing import ConnectionGate
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ class GpioServer:
         self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
         self.device.defer = lambda fn: self.loop.call_later(0, fn)
+        # vfu_run_ctx only once a whole message is queued: a stalled client never blocks us
+        self._gate = ConnectionGate(self.loop, CLIENT_IO_TIMEOUT)
         self.dma = DmaTable()
         self.pm = PowerManagement(no_soft_reset=cfg.no_soft_reset)
         if cfg.transport == "mmio":
@@ -228,6 +231,8 @@ class GpioServer:
             self._rewatch()
             _conn_setopt(self._poll_fd, CLIENT_IO_TIMEOUT)
             return
+        if not self._gate.admit(self._poll_fd, self._on_vfu):
+            return                          # part of a message: the gate calls us again
         started = time.monotonic()
         said = False
         try:
@@ -242,6 +247,7 @@ class GpioServer:
         # connection and still return success (a reply to a client that went away: do_reply
         # resets the context and returns 0), and an error need not mean it dropped it.
         if ctx.poll_fd != self._poll_fd:
+            self._gate.forget()
             self.attached = False
             self._rewatch()
             if not said:
@@ -344,6 +350,7 @@ class GpioServer:
         self._closed = True
         if self.control is not None:
             self.control.close()
+        self._gate.close()
         self.loop.remove_reader(self._poll_fd)
         self.function.ctx.destroy()
         for p in (self.socket_path,):
