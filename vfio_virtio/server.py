@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import time
 from dataclasses import dataclass
 
+from . import snapshot as snapshot_schema
 from .backends import make_backend
 from .backends.control import ControlServer
 from .dma import DmaTable
@@ -34,8 +36,9 @@ from .vfu.framing import ConnectionGate
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "vfio-virtio-gpio-snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_FORMAT = snapshot_schema.SNAPSHOT_FORMAT
+SNAPSHOT_VERSION = snapshot_schema.SNAPSHOT_VERSION
+MSIX_VECTORS = 3                        # requestq, eventq, config changes
 
 
 # vfu_attach_ctx accepts and then waits, blocking, for the client's VERSION message: a
@@ -164,16 +167,31 @@ class GpioServer:
         sock_dir = os.path.dirname(sock)
         if not os.path.isdir(sock_dir):
             raise ServerError(f"socket directory {sock_dir} does not exist")
+        if os.path.lexists(sock) and not stat.S_ISSOCK(os.lstat(sock).st_mode):
+            raise ServerError(f"{sock} exists and is not a socket: not replacing it")
         self._lock = _SocketLock(sock)
         try:
             self._build(sock)
-        except Exception:
+        except BaseException:
+            self._undo_build()
             self._lock.release()
             raise
 
+    def _undo_build(self) -> None:
+        """A start-up step failed: remove what _build made (socket, context, backend)."""
+        fn = getattr(self, "function", None)
+        if fn is not None:
+            fn.ctx.destroy()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            with contextlib.suppress(Exception):
+                backend.close()
+
     def _build(self, sock: str) -> None:
         cfg = self.cfg
-        if os.path.lexists(sock):
+        if os.path.lexists(sock):            # a socket (checked above), ours, not in use
             log.info("replacing stale socket %s", sock)
             os.unlink(sock)
         self.backend = make_backend(cfg.backend, cfg.lines, cfg.names)
@@ -181,6 +199,8 @@ class GpioServer:
         self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
         self.device.defer = lambda fn: self.loop.call_later(0, fn)
+        # a bad snapshot is refused before the socket exists
+        restore = self.read_snapshot(cfg.restore) if cfg.restore else None
         # vfu_run_ctx only once a whole message is queued: a stalled client never blocks us
         self._gate = ConnectionGate(self.loop, CLIENT_IO_TIMEOUT)
         self.dma = DmaTable()
@@ -192,7 +212,8 @@ class GpioServer:
             front, ids = None, gpio_ids()
         old_umask = os.umask(0o077)                 # the socket is created 0600
         try:
-            self.function = PciFunction(sock, ids, self.pm, msix_vectors=3, dma=self.dma)
+            self.function = PciFunction(sock, ids, self.pm, msix_vectors=MSIX_VECTORS,
+                                        dma=self.dma)
         finally:
             os.umask(old_umask)
         self.core = VirtioCore(self.device, self.dma, ring_impl=cfg.ring,
@@ -203,8 +224,8 @@ class GpioServer:
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)
-        if cfg.restore:
-            self.load_snapshot(cfg.restore)
+        if restore is not None:
+            self.load_snapshot(cfg.restore, restore)
         self._poll_fd = self.function.ctx.poll_fd
         self.loop.add_reader(self._poll_fd, self._on_vfu)
         bfd = self.backend.fileno()
@@ -270,8 +291,7 @@ class GpioServer:
         return {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
                 "lines": self.controller.ngpio,
                 "pm": self.pm.get_state(), "transport": self.transport.get_state(),
-                "core": self.core.get_state(),
-                "msix_enabled": self.function.msix_enabled}
+                "core": self.core.get_state()}
 
     def save_snapshot(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -280,16 +300,23 @@ class GpioServer:
         os.replace(tmp, path)
         log.info("snapshot saved to %s", path)
 
-    def load_snapshot(self, path: str) -> None:
-        """Import a snapshot; on any inconsistency nothing is applied (ServerError)."""
+    def read_snapshot(self, path: str) -> dict:
+        """Read ``path`` and check the whole snapshot against the schema (vfio_virtio/
+        snapshot.py) for this device; ServerError (one line) if it does not fit."""
         try:
-            with open(path) as f:
-                d = json.load(f)
-            if d.get("format") != SNAPSHOT_FORMAT or d.get("version") != SNAPSHOT_VERSION:
-                raise ValueError("not a vfio-virtio-gpio snapshot of a known version")
-            if d["lines"] != self.controller.ngpio:
-                raise ValueError(f"snapshot has {d['lines']} lines, this device "
-                                 f"{self.controller.ngpio}")
+            return snapshot_schema.validate(
+                snapshot_schema.read_snapshot(path), ngpio=self.controller.ngpio,
+                transport=self.cfg.transport, nqueues=self.device.num_queues,
+                max_queue_size=self.cfg.queue_size, msix_vectors=MSIX_VECTORS)
+        except snapshot_schema.SnapshotError as e:
+            raise ServerError(f"cannot restore snapshot {path}: {e}") from None
+
+    def load_snapshot(self, path: str, d: dict | None = None) -> None:
+        """Import a snapshot (``d``: already read by :meth:`read_snapshot`). It is validated
+        as a whole before anything is applied; on any problem nothing is (ServerError)."""
+        if d is None:
+            d = self.read_snapshot(path)
+        try:
             before = self.snapshot()
             try:
                 self.pm.set_state(d["pm"])
@@ -298,7 +325,7 @@ class GpioServer:
             except Exception:
                 self.pm.set_state(before["pm"])
                 raise
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise ServerError(f"cannot restore snapshot {path}: {e}") from None
         self.pm.sync(self.function.cfg)
         log.info("snapshot restored from %s", path)
@@ -325,6 +352,9 @@ class GpioServer:
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(s, lambda *_: None)
+        # the CLI blocks SIGUSR1 from its start (its default action would kill us): one
+        # that came meanwhile is delivered now, to the wakeup fd
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
         def on_signal() -> None:
             try:
