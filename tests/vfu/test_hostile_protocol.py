@@ -173,6 +173,27 @@ def test_identical_dma_map_repeated_leaks_no_fd(srv):
     serves(srv)
 
 
+def test_fds_on_a_header_split_across_writes_are_closed(srv):
+    """The first bytes of a DMA_MAP header carry two fds, the rest follows in a second
+    write: whether the server serves or refuses it, it keeps none of those fds."""
+    base = nfds(srv)
+    mem = GuestMemory(1 << 20, iova=0x100000)
+    try:
+        for cut in (3, 7, 15):
+            c = VfioUserClient(srv.socket)
+            body = U.DMA_MAP.pack(U.DMA_MAP.size, 3, 0, 0x10000000, 1 << 20)
+            msg = build_header(c.next_msg_id(), U.VFIO_USER_DMA_MAP, 16 + len(body)) + body
+            c.send_raw(msg[:cut], (mem.fd, mem.fd))
+            time.sleep(0.05)          # the scenario: the rest comes 50 ms later
+            c.send_raw(msg[cut:])
+            nothing_smuggled(c)
+            c.close()
+            assert fds_back_to(srv, base), (cut, nfds(srv), base)
+    finally:
+        mem.close()
+    serves(srv)
+
+
 # --- a stalled client (the one loop stays responsive) -----------------------------------------
 
 STALL_DEADLINE = 5.0        # vfio_virtio/server.py CLIENT_IO_TIMEOUT

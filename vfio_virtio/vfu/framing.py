@@ -68,7 +68,7 @@ class ConnectionGate:
     def __init__(self, loop, timeout: float) -> None:
         self.loop = loop
         self.timeout = timeout
-        self._ep: select.epoll | None = None
+        self._ep: select.epoll | None = select.epoll()   # held for the server's life
         self._fd = -1
         self._since: float | None = None
         self._timer: int | None = None
@@ -139,8 +139,6 @@ class ConnectionGate:
 
     def _wait(self, fd: int, reader: Callable[[], None], left: float) -> None:
         self._reader = reader
-        if self._ep is None:
-            self._ep = select.epoll()
         if self._timer is None:
             self.loop.remove_reader(fd)
             self._ep.register(fd, select.EPOLLIN | select.EPOLLET | _HUP)
