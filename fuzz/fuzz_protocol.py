@@ -28,6 +28,7 @@ import argparse
 import array
 import os
 import random
+import shutil
 import socket
 import struct
 import sys
@@ -279,6 +280,7 @@ def main() -> int:
     finally:
         os.close(mem_fd)
         rc = srv.stop()
+    shutil.rmtree(srv.workdir, ignore_errors=True)
     print(f"fuzz_protocol: rounds {stats['rounds']} messages {stats['messages']} bytes "
           f"{stats['bytes']} stall checks {stats['stalls']} fd checks {stats['fd_checks']} "
           f"closed {stats['closed']} seed {seed} failures 0 (server exit {rc})")
