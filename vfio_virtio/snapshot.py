@@ -89,7 +89,7 @@ Check = Callable[[Any, str], None]
 
 
 def _fail(where: str, msg: str) -> None:
-    raise SnapshotError(f"snapshot {where}: {msg}")
+    raise SnapshotError(f"snapshot {where}: {msg}" if where else f"snapshot {msg}")
 
 
 def uint(bits: int) -> Check:
@@ -161,7 +161,12 @@ def line_map(value: Check, ngpio: int) -> Check:
 
 
 def _show(v: Any) -> str:
-    r = json.dumps(v) if not isinstance(v, float) else repr(v)
+    if isinstance(v, (dict, list)):
+        return f"an {'object' if isinstance(v, dict) else 'array'} of {len(v)} entries"
+    try:
+        r = json.dumps(v) if not isinstance(v, float) else repr(v)
+    except (ValueError, RecursionError):
+        r = type(v).__name__
     return r if len(r) <= 40 else r[:37] + "..."
 
 
