@@ -66,9 +66,9 @@ def _attach_deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-# Every blocking send/recv on a client connection gives up after this long (QEMU's own
-# x-msg-timeout is 5 s): a client that stops reading replies, or stops in the middle of a
-# message, then gets dropped instead of freezing the loop (control socket, line events).
+# A client that stops reading its replies (a blocking send: SO_SNDTIMEO), or stops in the
+# middle of a message (the framing gate's deadline; the loop goes on meanwhile), is dropped
+# after this long (QEMU's own x-msg-timeout is 5 s).
 CLIENT_IO_TIMEOUT = 5.0
 
 
@@ -274,8 +274,8 @@ class GpioServer:
             if not said:
                 log.info("client connection closed; waiting for the next one")
         elif time.monotonic() - started >= CLIENT_IO_TIMEOUT:
-            # a send or receive ran into the timeout: the client does not read its replies or
-            # stopped in the middle of a message. Shut the connection; the library sees EOF.
+            # a reply send ran into the timeout: the client does not read its replies.
+            # Shut the connection; the library sees EOF.
             log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
             _conn_setopt(self._poll_fd, None)
 
