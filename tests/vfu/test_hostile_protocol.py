@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 
 from vfio_virtio.backends.control import ControlClient
@@ -230,6 +231,24 @@ def test_control_answers_while_a_client_stalls_repeatedly(srv):
                 t0 = time.monotonic()
                 assert host.get(1)["line"] == 1
                 assert time.monotonic() - t0 < 1.0
+    finally:
+        c.close()
+    serves(srv)
+
+
+def test_a_stalled_client_costs_no_cpu(srv):
+    """While a client sits on half a message the server waits for bytes (epoll), it does not
+    spin: over a 1 s window it uses well under half a CPU second."""
+    proc = psutil.Process(srv.proc.pid)
+    c = VfioUserClient(srv.socket)
+    try:
+        c.send_raw(_read_cfg(c.next_msg_id())[:20])
+        with ControlClient(srv.control, timeout=STALL_DEADLINE) as host:
+            assert host.get(0)["line"] == 0          # the server has seen the partial message
+        t0 = sum(proc.cpu_times()[:2])
+        time.sleep(1.0)               # the observation window (CPU time is the measurement)
+        used = sum(proc.cpu_times()[:2]) - t0
+        assert used < 0.3, f"server used {used:.2f} CPU s while waiting"
     finally:
         c.close()
     serves(srv)

@@ -75,6 +75,7 @@ class ConnectionGate:
         self._fd = -1
         self._since: float | None = None
         self._timer: int | None = None
+        self._watching = False
         self._reader: Callable[[], None] | None = None
         self._sock: socket.socket | None = None
         self._peek = bytearray(PEEK_BYTES)
@@ -92,26 +93,25 @@ class ConnectionGate:
             n = 0                            # nothing queued, or an error: let it read
         if n == 0 or (n >= HEADER_SIZE and n >= needed_from(self._peek)):
             if self._since is not None:
-                self._since = None
-                self._stop_waiting()
+                self._done_waiting()
             return True
         missing = self._missing(fd)
         if missing == 0:
-            self._since = None
-            self._stop_waiting()
+            self._done_waiting()
             return True
         now = time.monotonic()
         if self._since is None:
             self._since = now
         if now - self._since >= self.timeout:
-            self._drop(fd, missing)
+            self._drop(missing)
+            self._done_waiting()
             return True
         self._wait(fd, reader, self._since + self.timeout - now)
         return False
 
     def forget(self) -> None:
         """The connection is gone (or about to be): release everything held for it."""
-        self._stop_waiting(restore=False)
+        self._unwatch()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -152,38 +152,49 @@ class ConnectionGate:
         return bool(p.poll(0))
 
     def _wait(self, fd: int, reader: Callable[[], None], left: float) -> None:
+        """Take ``fd`` off the loop (once per partial message) and watch it edge-triggered;
+        (re)arm the deadline."""
         self._reader = reader
-        if self._timer is None:
+        if not self._watching:
             self.loop.remove_reader(fd)
             self._ep.register(fd, select.EPOLLIN | select.EPOLLET | _HUP)
+            self._ep.poll(0)                 # the bytes already seen are not news
+            self._watching = True
             self.loop.add_reader(self._ep.fileno(), self._on_more)
-        else:
+            self.loop.call_later(0, self._on_more)   # bytes that came while registering
+        if self._timer is not None:
             self.loop.cancel(self._timer)
         self._timer = self.loop.call_later(max(0.0, left), self._on_more)
 
     def _on_more(self) -> None:
-        if self._ep is not None:
-            self._ep.poll(0)                 # consume the edge
-        reader = self._reader
-        self._stop_waiting()
-        if reader is not None:
-            reader()
+        """More bytes, a hang-up, or the deadline: let the reader ask again."""
+        if not self._watching:
+            return
+        self._ep.poll(0)                     # consume the edge
+        self._reader()
 
-    def _stop_waiting(self, restore: bool = True) -> None:
-        """End a wait: the loop watches the connection again (unless it is gone)."""
+    def _done_waiting(self) -> None:
+        """The wait is over: the loop watches the connection again."""
+        reader = self._reader
+        self._unwatch()
+        if reader is not None:
+            self.loop.add_reader(self._fd, reader)
+
+    def _unwatch(self) -> None:
+        self._since = None
+        self._reader = None
         if self._timer is not None:
             self.loop.cancel(self._timer)
             self._timer = None
+        if self._watching:
+            self._watching = False
             self.loop.remove_reader(self._ep.fileno())
             try:
                 self._ep.unregister(self._fd)
             except (OSError, ValueError):
                 pass
-            if restore and self._reader is not None:
-                self.loop.add_reader(self._fd, self._reader)
-        self._reader = None
 
-    def _drop(self, fd: int, missing: int) -> None:
+    def _drop(self, missing: int) -> None:
         self.stalls += 1
         log.warning("client stalled %.1f s in the middle of a message (%d bytes missing): "
                     "dropping it", self.timeout, missing)
