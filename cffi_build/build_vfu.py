@@ -7,6 +7,7 @@ negative-errno returns into the -1/errno convention libvfio-user expects.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
@@ -20,21 +21,48 @@ from _buildid import build_id  # noqa: E402  (shared with the runtime stale chec
 sys.path.pop(0)
 
 
+PATCH_DIR = os.path.join(TOP, "scripts", "patches", "libvfio-user")
+
+
+def libvfio_user_patches() -> list[str]:
+    """Our patches to libvfio-user, in the order scripts/setup_libvfio_user.sh applies them."""
+    if not os.path.isdir(PATCH_DIR):
+        return []
+    return [os.path.join(PATCH_DIR, n) for n in sorted(os.listdir(PATCH_DIR))
+            if n.endswith(".patch")]
+
+
+def vfu_cache_key() -> str:
+    """The cache directory name setup_libvfio_user.sh builds: tree hash[-p<patches hash>]."""
+    with open(os.path.join(TOP, "scripts", "libvfio-user.sha256")) as f:
+        key = f.read().split()[0]
+    patches = libvfio_user_patches()
+    if patches:
+        h = hashlib.sha256()
+        for p in patches:
+            with open(p, "rb") as f:
+                h.update(f.read())
+        key += "-p" + h.hexdigest()[:12]
+    return key
+
+
 def libvfio_user_prefix() -> str:
-    """Where the cached libvfio-user build lives (resolved, so the rpath names its hash)."""
+    """Where the cached libvfio-user build for this tree + patches lives (resolved, so the
+    rpath names it; not the shared ``current`` link, which another checkout may move)."""
     env = os.environ.get("VFU_PREFIX")
     if env:
         return os.path.realpath(env)
     cache = os.environ.get("VV_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vfio-virtio")
-    prefix = os.path.realpath(os.path.join(cache, "libvfio-user", "current", "prefix"))
-    if not os.path.exists(os.path.join(prefix, "include", "vfio-user", "libvfio-user.h")):
-        raise SystemExit(f"libvfio-user not found under {prefix}: run `make setup` first")
+    prefix = os.path.realpath(os.path.join(cache, "libvfio-user", vfu_cache_key(), "prefix"))
+    if not os.path.exists(os.path.join(prefix, ".complete")):
+        raise SystemExit(f"libvfio-user not built under {prefix}: run `make setup` first")
     return prefix
 
 
 # The same list vfio_virtio/vfu/context.py checks on import.
-SOURCES = [os.path.join(HERE, "build_vfu.py"), os.path.join(TOP, "scripts", "libvfio-user.sha256")]
+SOURCES = ([os.path.join(HERE, "build_vfu.py"), os.path.join(TOP, "scripts", "libvfio-user.sha256")]
+           + libvfio_user_patches())
 PREFIX = libvfio_user_prefix()
 BUILD_ID = build_id(SOURCES)
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Fuzz the two parsers of guest input, side by side (one per core), for FUZZ_SECONDS each:
+# Fuzz the parsers of hostile input side by side, for FUZZ_SECONDS each:
 #   fuzz/fuzz_virtq.c      libFuzzer + ASan + UBSan over the C split-ring fast path
 #   fuzz/fuzz_requests.py  the virtio-gpio request/eventq controller (seeded random loop)
+#   fuzz/fuzz_protocol.py  the server's vfio-user message layer through its real socket
+#                          (seeded; split/stalled streams, bad headers, fds; FUZZ_SEED)
 # Prints executions, coverage (cov/ft) and crashes; exits non-zero on any crash or hang.
 # Outputs under build/fuzz/: corpus/ (seeds, regenerated), work/ (grown corpus, kept across
 # runs), artifacts/ (crash-*, timeout-*, oom-* reproducers), *.log.
@@ -25,16 +27,21 @@ command -v "$cc" >/dev/null || { echo "fuzz: $cc not found (make setup-system in
 cp fuzz/regressions/* "$out/corpus/" 2>/dev/null || true     # past failures, replayed first
 rm -f "$out/corpus/README.md"
 
-echo "fuzz: running fuzz_virtq and fuzz_requests for ${secs}s each"
+echo "fuzz: running fuzz_virtq, fuzz_requests and fuzz_protocol for ${secs}s each"
 set +e
 "$out/fuzz_virtq" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
     -print_final_stats=1 -artifact_prefix="$out/artifacts/" \
     "$out/work" "$out/corpus" >"$out/fuzz_virtq.log" 2>&1 &
 cpid=$!
+"$py" fuzz/fuzz_protocol.py --seconds "$secs" ${FUZZ_SEED:+--seed "$FUZZ_SEED"} \
+    >"$out/fuzz_protocol.log" 2>&1 &
+spid=$!
 "$py" fuzz/fuzz_requests.py --seconds "$secs" >"$out/fuzz_requests.log" 2>&1
 prc=$?
 wait "$cpid"
 crc=$?
+wait "$spid"
+src=$?
 set -e
 
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/fuzz_virtq.log" | tail -1)
@@ -46,12 +53,18 @@ ncrash=$(find "$out/artifacts" -type f \( -name 'crash-*' -o -name 'leak-*' -o -
 nhang=$(find "$out/artifacts" -type f -name 'timeout-*' | wc -l)
 echo "fuzz_virtq:    executions ${execs:-?} cov ${cov:-?} ft ${ft:-?} corpus ${corp:-?} crashes $ncrash hangs $nhang (exit $crc)"
 echo "$(tail -1 "$out/fuzz_requests.log") (exit $prc)"
+echo "$(grep -E '^(fuzz_protocol|FAILURE)' "$out/fuzz_protocol.log" | tail -1) (exit $src)"
 
 rc=0
 if [[ $crc -ne 0 || $ncrash -ne 0 || $nhang -ne 0 ]]; then
     echo "fuzz_virtq FAILED; log tail:" >&2
     tail -40 "$out/fuzz_virtq.log" >&2
     ls -l "$out/artifacts" >&2
+    rc=1
+fi
+if [[ $src -ne 0 ]]; then
+    echo "fuzz_protocol FAILED; log tail:" >&2
+    grep -A3 -E '^FAILURE' "$out/fuzz_protocol.log" >&2 || tail -40 "$out/fuzz_protocol.log" >&2
     rc=1
 fi
 if [[ $prc -ne 0 ]]; then

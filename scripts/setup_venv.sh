@@ -7,7 +7,7 @@ top=$(dirname "$here")
 source "$here/common.sh"
 cd "$top"
 py=${PYTHON:-python3}
-inputs=$(cat pyproject.toml setup.py cffi_build/*.py cffi_build/csrc/* scripts/libvfio-user.sha256 2>/dev/null | sha256sum | cut -c1-16)
+inputs=$(cat pyproject.toml setup.py cffi_build/*.py cffi_build/csrc/* scripts/libvfio-user.sha256 scripts/patches/libvfio-user/*.patch 2>/dev/null | sha256sum | cut -c1-16)
 stamp=.venv/.vv-stamp
 if [[ -x .venv/bin/python && -f $stamp && "$(cat $stamp)" == "$inputs" ]]; then
     vv_log "venv: up to date"

@@ -1,5 +1,9 @@
+import signal
 import sys
 
-from .cli import main
+# Before the (slow) imports: SIGUSR1's default action would kill a server still starting.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import stat
 import sys
 
 from .gpio.names import parse_names_arg, parse_names_file
@@ -90,6 +92,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.names is not None:
         names = parse_names_arg(args.names, lines or len(args.names.split(",")))
     elif args.names_file is not None:
+        try:
+            if not stat.S_ISREG(os.stat(args.names_file).st_mode):  # a FIFO would block
+                raise ValueError(f"names file {args.names_file} is not a regular file")
+        except OSError:
+            pass                            # parse_names_file says what is wrong
         names = parse_names_file(args.names_file, lines or 1024)
         if lines is None:
             while len(names) > 1 and names[-1] == "":
@@ -99,6 +106,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if lines is None and args.backend == "sim":
         lines = len(names) if names else 8
     if args.ready_fd is not None:
+        if args.ready_fd <= 2:
+            raise ValueError(f"--ready-fd {args.ready_fd} is a standard stream; the READY "
+                             "line is printed on stdout anyway")
         try:
             os.fstat(args.ready_fd)
         except OSError:
@@ -107,6 +117,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if args.take_over and args.restore:
         raise ValueError("--take-over and --restore exclude each other (a take-over "
                          "carries the device state)")
+    if args.control and os.path.realpath(args.control) == os.path.realpath(args.socket):
+        raise ValueError("--control must be another path than --socket")
+    if args.snapshot is not None:
+        snap = os.path.abspath(args.snapshot)
+        if os.path.isdir(snap):
+            raise ValueError(f"--snapshot {args.snapshot} is a directory")
+        if not os.path.isdir(os.path.dirname(snap)):
+            raise ValueError(f"--snapshot {args.snapshot}: directory "
+                             f"{os.path.dirname(snap)} does not exist")
     return ServerConfig(socket=args.socket, lines=lines, names=names, backend=args.backend,
                         control=args.control, no_soft_reset=args.no_soft_reset,
                         suspend_feature=args.suspend_feature,
@@ -117,6 +136,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGUSR1 (save a snapshot) would kill the process until its handler is installed:
+    # hold it until then (__main__ blocks it even earlier, before the imports).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -132,12 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, OSError) as e:
         print(f"vfio-virtio-gpio: error: {e}", file=sys.stderr)
         return 1
+    rc = 0
     try:
         server.install_signals()
         server.announce()
         server.serve_forever()
     finally:
-        if args.snapshot:
-            server.save_snapshot(args.snapshot)
-        server.close()
-    return 0
+        try:
+            if args.snapshot:
+                server.save_snapshot(args.snapshot)
+        except OSError as e:
+            logging.getLogger("vfio_virtio").error("snapshot not saved: %s", e)
+            rc = 1
+        finally:
+            server.close()                  # socket and lock go, whatever happened
+    return rc

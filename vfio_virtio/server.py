@@ -14,10 +14,12 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import time
 from dataclasses import dataclass
 
+from . import snapshot as snapshot_schema
 from .backends import make_backend
 from .backends.control import ControlServer
 from .dma import DmaTable
@@ -30,11 +32,13 @@ from .pci.pm import PowerManagement
 from .virtio import spec as V
 from .virtio.core import VirtioCore
 from .virtio.pci_transport import VirtioPciTransport
+from .vfu.framing import ConnectionGate
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = "vfio-virtio-gpio-snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_FORMAT = snapshot_schema.SNAPSHOT_FORMAT
+SNAPSHOT_VERSION = snapshot_schema.SNAPSHOT_VERSION
+MSIX_VECTORS = 3                        # requestq, eventq, config changes
 
 
 # vfu_attach_ctx accepts and then waits, blocking, for the client's VERSION message: a
@@ -62,9 +66,9 @@ def _attach_deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-# Every blocking send/recv on a client connection gives up after this long (QEMU's own
-# x-msg-timeout is 5 s): a client that stops reading replies, or stops in the middle of a
-# message, then gets dropped instead of freezing the loop (control socket, line events).
+# A client that stops reading its replies (a blocking send: SO_SNDTIMEO), or stops in the
+# middle of a message (the framing gate's deadline; the loop goes on meanwhile), is dropped
+# after this long (QEMU's own x-msg-timeout is 5 s).
 CLIENT_IO_TIMEOUT = 5.0
 
 
@@ -179,16 +183,33 @@ class GpioServer:
         sock_dir = os.path.dirname(sock)
         if not os.path.isdir(sock_dir):
             raise ServerError(f"socket directory {sock_dir} does not exist")
+        if os.path.lexists(sock) and not stat.S_ISSOCK(os.lstat(sock).st_mode):
+            raise ServerError(f"{sock} exists and is not a socket: not replacing it")
         self._lock = _SocketLock(sock) if lock_fd is None else _SocketLock.adopt(sock, lock_fd)
+        self._bind_path = bind_path or sock
         try:
-            self._build(bind_path or sock, backend)
-        except Exception:
+            self._build(self._bind_path, backend)
+        except BaseException:
+            self._undo_build(own_backend=backend is None)
             self._lock.release()
             raise
 
+    def _undo_build(self, own_backend: bool) -> None:
+        """A start-up step failed: remove what _build made (socket, context, and the backend
+        if it was made here; a handed-over backend is the handover's to give back)."""
+        fn = getattr(self, "function", None)
+        if fn is not None:
+            fn.ctx.destroy()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bind_path)
+        backend = getattr(self, "backend", None)
+        if backend is not None and own_backend:
+            with contextlib.suppress(Exception):
+                backend.close()
+
     def _build(self, sock: str, backend=None) -> None:
         cfg = self.cfg
-        if os.path.lexists(sock):
+        if os.path.lexists(sock):            # a socket (checked above), ours, not in use
             log.info("replacing stale socket %s", sock)
             os.unlink(sock)
         self.backend = backend if backend is not None else \
@@ -197,6 +218,10 @@ class GpioServer:
         self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
                                        keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
         self.device.defer = lambda fn: self.loop.call_later(0, fn)
+        # a bad snapshot is refused before the socket exists
+        restore = self.read_snapshot(cfg.restore) if cfg.restore else None
+        # vfu_run_ctx only once a whole message is queued: a stalled client never blocks us
+        self._gate = ConnectionGate(self.loop, CLIENT_IO_TIMEOUT)
         self.dma = DmaTable()
         self.pm = PowerManagement(no_soft_reset=cfg.no_soft_reset)
         if cfg.transport == "mmio":
@@ -206,7 +231,8 @@ class GpioServer:
             front, ids = None, gpio_ids()
         old_umask = os.umask(0o077)                 # the socket is created 0600
         try:
-            self.function = PciFunction(sock, ids, self.pm, msix_vectors=3, dma=self.dma)
+            self.function = PciFunction(sock, ids, self.pm, msix_vectors=MSIX_VECTORS,
+                                        dma=self.dma)
         finally:
             os.umask(old_umask)
         self.core = VirtioCore(self.device, self.dma, ring_impl=cfg.ring,
@@ -217,8 +243,8 @@ class GpioServer:
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)
-        if cfg.restore:
-            self.load_snapshot(cfg.restore)
+        if restore is not None:
+            self.load_snapshot(cfg.restore, restore)
         self._poll_fd = self.function.ctx.poll_fd
         self.loop.add_reader(self._poll_fd, self._on_vfu)
         bfd = self.backend.fileno()
@@ -245,6 +271,8 @@ class GpioServer:
             self._rewatch()
             _conn_setopt(self._poll_fd, CLIENT_IO_TIMEOUT)
             return
+        if not self._gate.admit(self._poll_fd, self._on_vfu):
+            return                          # part of a message: the gate calls us again
         started = time.monotonic()
         said = False
         try:
@@ -259,13 +287,14 @@ class GpioServer:
         # connection and still return success (a reply to a client that went away: do_reply
         # resets the context and returns 0), and an error need not mean it dropped it.
         if ctx.poll_fd != self._poll_fd:
+            self._gate.forget()
             self.attached = False
             self._rewatch()
             if not said:
                 log.info("client connection closed; waiting for the next one")
         elif time.monotonic() - started >= CLIENT_IO_TIMEOUT:
-            # a send or receive ran into the timeout: the client does not read its replies or
-            # stopped in the middle of a message. Shut the connection; the library sees EOF.
+            # a reply send ran into the timeout: the client does not read its replies.
+            # Shut the connection; the library sees EOF.
             log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
             _conn_setopt(self._poll_fd, None)
 
@@ -281,8 +310,7 @@ class GpioServer:
         return {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
                 "lines": self.controller.ngpio,
                 "pm": self.pm.get_state(), "transport": self.transport.get_state(),
-                "core": self.core.get_state(),
-                "msix_enabled": self.function.msix_enabled}
+                "core": self.core.get_state()}
 
     def save_snapshot(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -291,16 +319,23 @@ class GpioServer:
         os.replace(tmp, path)
         log.info("snapshot saved to %s", path)
 
-    def load_snapshot(self, path: str) -> None:
-        """Import a snapshot; on any inconsistency nothing is applied (ServerError)."""
+    def read_snapshot(self, path: str) -> dict:
+        """Read ``path`` and check the whole snapshot against the schema (vfio_virtio/
+        snapshot.py) for this device; ServerError (one line) if it does not fit."""
         try:
-            with open(path) as f:
-                d = json.load(f)
-            if d.get("format") != SNAPSHOT_FORMAT or d.get("version") != SNAPSHOT_VERSION:
-                raise ValueError("not a vfio-virtio-gpio snapshot of a known version")
-            if d["lines"] != self.controller.ngpio:
-                raise ValueError(f"snapshot has {d['lines']} lines, this device "
-                                 f"{self.controller.ngpio}")
+            return snapshot_schema.validate(
+                snapshot_schema.read_snapshot(path), ngpio=self.controller.ngpio,
+                transport=self.cfg.transport, nqueues=self.device.num_queues,
+                max_queue_size=self.cfg.queue_size, msix_vectors=MSIX_VECTORS)
+        except snapshot_schema.SnapshotError as e:
+            raise ServerError(f"cannot restore snapshot {path}: {e}") from None
+
+    def load_snapshot(self, path: str, d: dict | None = None) -> None:
+        """Import a snapshot (``d``: already read by :meth:`read_snapshot`). It is validated
+        as a whole before anything is applied; on any problem nothing is (ServerError)."""
+        if d is None:
+            d = self.read_snapshot(path)
+        try:
             before = self.snapshot()
             try:
                 self.pm.set_state(d["pm"])
@@ -309,7 +344,7 @@ class GpioServer:
             except Exception:
                 self.pm.set_state(before["pm"])
                 raise
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise ServerError(f"cannot restore snapshot {path}: {e}") from None
         self.pm.sync(self.function.cfg)
         log.info("snapshot restored from %s", path)
@@ -336,6 +371,9 @@ class GpioServer:
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(s, lambda *_: None)
+        # the CLI blocks SIGUSR1 from its start (its default action would kill us): one
+        # that came meanwhile is delivered now, to the wakeup fd
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
         def on_signal() -> None:
             try:
@@ -361,6 +399,7 @@ class GpioServer:
         self._closed = True
         if self.control is not None:
             self.control.close()
+        self._gate.close()
         self.loop.remove_reader(self._poll_fd)
         self.function.ctx.destroy()
         for p in (self.socket_path,):

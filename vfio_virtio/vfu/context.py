@@ -21,8 +21,11 @@ except ImportError as e:  # pragma: no cover - depends on the build
 
 ffi, lib = _vfu.ffi, _vfu.lib
 
-VFU_SOURCES = [os.path.join(CFFI_BUILD, "build_vfu.py"),
-               os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "libvfio-user.sha256")]
+_PATCHES = os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "patches", "libvfio-user")
+VFU_SOURCES = ([os.path.join(CFFI_BUILD, "build_vfu.py"),
+                os.path.join(os.path.dirname(CFFI_BUILD), "scripts", "libvfio-user.sha256")]
+               + ([os.path.join(_PATCHES, n) for n in sorted(os.listdir(_PATCHES))
+                   if n.endswith(".patch")] if os.path.isdir(_PATCHES) else []))
 check_build_id("vfio_virtio._vfu", ffi.string(lib.VV_VFU_BUILD_ID).decode(), VFU_SOURCES)
 
 log = logging.getLogger("vfio_virtio.vfu")
@@ -30,23 +33,15 @@ log = logging.getLogger("vfio_virtio.vfu")
 # Region indices (libvfio-user's VFU_PCI_DEV_*_REGION_IDX).
 BAR0 = lib.VFU_PCI_DEV_BAR0_REGION_IDX
 CFG = lib.VFU_PCI_DEV_CFG_REGION_IDX
-NUM_REGIONS = lib.VFU_PCI_DEV_NUM_REGIONS
 
-REGION_READ = lib.VFU_REGION_FLAG_READ
-REGION_WRITE = lib.VFU_REGION_FLAG_WRITE
 REGION_RW = lib.VFU_REGION_FLAG_RW
 REGION_MEM = lib.VFU_REGION_FLAG_MEM
-REGION_ALWAYS_CB = lib.VFU_REGION_FLAG_ALWAYS_CB
 
-CAP_EXTENDED = lib.VFU_CAP_FLAG_EXTENDED
 CAP_CALLBACK = lib.VFU_CAP_FLAG_CALLBACK
 CAP_READONLY = lib.VFU_CAP_FLAG_READONLY
 
 IRQ_INTX = lib.VFU_DEV_INTX_IRQ
-IRQ_MSI = lib.VFU_DEV_MSI_IRQ
 IRQ_MSIX = lib.VFU_DEV_MSIX_IRQ
-IRQ_ERR = lib.VFU_DEV_ERR_IRQ
-IRQ_REQ = lib.VFU_DEV_REQ_IRQ
 
 PCI_TYPE_EXPRESS = lib.VFU_PCI_TYPE_EXPRESS
 PCI_TYPE_CONVENTIONAL = lib.VFU_PCI_TYPE_CONVENTIONAL
@@ -134,9 +129,6 @@ class Context:
         buf = ffi.new("uint8_t[]", bytes(data))
         return _check(lib.vfu_pci_add_capability(self._ctx, pos, flags, buf),
                       "vfu_pci_add_capability")
-
-    def find_capability(self, cap_id: int, extended: bool = False) -> int:
-        return lib.vfu_pci_find_capability(self._ctx, extended, cap_id)
 
     def setup_irqs(self, kind: int, count: int) -> None:
         _check(lib.vfu_setup_device_nr_irqs(self._ctx, kind, count), "vfu_setup_device_nr_irqs")
