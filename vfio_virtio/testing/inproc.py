@@ -47,6 +47,7 @@ class InProcessServer:
 
     def close(self) -> None:
         self.server.close()
+        self.server.loop.close()
         self._dir.cleanup()
 
     def __enter__(self) -> "InProcessServer":
@@ -62,7 +63,8 @@ class LocalClient:
     def __init__(self, srv: InProcessServer) -> None:
         self.srv = srv
         self.fn = srv.server.function
-        self._maps: list[tuple[int, int, mmap.mmap, int]] = []
+        self._maps: list[tuple[int, int, mmap.mmap]] = []
+        self._anchors: list = []
         self.connected = True
 
     # --- regions --------------------------------------------------------------------------
@@ -116,23 +118,20 @@ class LocalClient:
                        offset=offset)
         anchor = ctypes.c_char.from_buffer(mm)
         vaddr = ctypes.addressof(anchor)
-        self._maps.append((iova, size, mm, anchor))
+        self._maps.append((iova, size, mm))
+        self._anchors.append(anchor)
         self.fn.ctx.dma_cb(True, iova, size, vaddr, prot)
 
     def dma_unmap_all(self) -> None:
-        for iova, size, mm, anchor in self._maps:
+        for iova, size, _ in self._maps:
             self.fn.ctx.dma_cb(False, iova, size, 0, 0)
         self._release_maps()
 
     def _release_maps(self) -> None:
-        for *_, mm, anchor in self._maps:
-            del anchor
+        self._anchors.clear()
         maps, self._maps = self._maps, []
-        for _, _, mm, _ in maps:
-            try:
-                mm.close()
-            except BufferError:
-                pass
+        for _, _, mm in maps:
+            mm.close()
 
     def set_irqs(self, *args, **kw) -> None:
         pass                          # no eventfds in process: interrupts are not delivered

@@ -163,6 +163,10 @@ class VirtioPciTransport(TransportBase):
         return bytes(out)
 
     def _common_write(self, offset: int, data: bytes) -> None:
+        f = self._fields.get(offset)
+        if f is not None and f.size == len(data) and f.set is not None:
+            f.set(int.from_bytes(data, "little"))      # the common case: one whole field
+            return
         end = offset + len(data)
         for foff, f in self._fields.items():
             lo, hi = max(offset, foff), min(end, foff + f.size)
