@@ -332,15 +332,19 @@ def observe(r: Rig, m: Model) -> None:
     r.seen = m.delivered
 
 
+def do_step(r: Rig, m: Model, name: str, check: bool = True) -> None:
+    m.log.append(name)
+    STEPS[name](r, m)
+    m.settle()
+    if check:
+        observe(r, m)
+
+
 def run_steps(m: Model, steps: list[str], tmp: str, check: bool) -> Rig:
     r = Rig(m, tmp)
     s_bring_up(r, m)
     for name in steps:
-        m.log.append(name)
-        STEPS[name](r, m)
-        m.settle()
-        if check:
-            observe(r, m)
+        do_step(r, m, name, check)
     return r
 
 
@@ -358,16 +362,60 @@ def bring_up_works(m: Model, steps: list[str], tmp: str) -> None:
         r.close()
 
 
-def run_sequence(rng: random.Random, tmp: str) -> int:
-    m = Model(nsr=rng.random() < 0.6, reset_lines=rng.random() < 0.3,
-              suspend=rng.random() < 0.5)
-    names = list(WEIGHTS)
-    steps = rng.choices(names, weights=[WEIGHTS[n] for n in names], k=rng.randint(1, MAX_STEPS))
-    r = run_steps(m, steps, tmp, check=True)
-    r.close()
+ENABLED = {
+    "d3hot": lambda m: m.power != D3, "d0": lambda m: m.power == D3,
+    "status0": lambda m: m.d0, "bring_up": lambda m: m.d0,
+    "suspend": lambda m: m.suspend and m.running,
+    "resume": lambda m: m.d0 and bool(m.status & V.VIRTIO_CONFIG_S_SUSPEND),
+    "ring_reset": lambda m: m.running, "set_out": lambda m: m.running,
+    "arm_irq": lambda m: m.running and not m.held, "edge": lambda m: m.irq1,
+}
+
+# The issue's cases and QEMU's sequences, run before the random ones.
+DIRECTED = [
+    (True, ["set_out", "arm_irq", "d3hot", "reconnect", "bring_up"]),          # case 1
+    (False, ["set_out", "arm_irq", "d3hot", "reconnect", "bring_up"]),
+    (False, ["set_out", "d3hot", "device_reset", "bring_up", "set_out"]),      # case 2
+    (False, ["set_out", "d3hot", "flr", "bring_up"]),
+    (True, ["arm_irq", "d3hot", "edge", "snapshot_restore", "d0"]),            # case 3
+    (True, ["arm_irq", "ring_reset", "arm_irq", "edge"]),                      # case 4
+    (True, ["set_out", "arm_irq", "d3hot", "edge", "qemu_wake"]),              # S3 wake
+    (True, ["set_out", "d3hot", "device_reset", "d0", "arm_irq", "edge"]),
+    (True, ["set_out", "reconnect", "device_reset", "bring_up"]),              # host reboot
+]
+
+
+def generate(rng: random.Random, m: Model, tmp: str) -> list[str]:
+    """Run a random sequence, checking after every step, and return it. Steps are chosen
+    online among those that do something in the model's current state; most sequences
+    start the way a driver does (an output, an armed interrupt)."""
+    r = Rig(m, tmp)
+    try:
+        s_bring_up(r, m)
+        steps = ["set_out", "arm_irq"] if rng.random() < 0.7 else []
+        for name in steps:
+            do_step(r, m, name)
+        names = list(WEIGHTS)
+        for _ in range(rng.randint(1, MAX_STEPS)):
+            ok = [n for n in names if ENABLED.get(n, lambda _m: True)(m)]
+            name = rng.choices(ok, weights=[WEIGHTS[n] for n in ok])[0]
+            steps.append(name)
+            do_step(r, m, name)
+        return steps
+    finally:
+        r.close()
+
+
+def run_sequence(m: Model, steps: list[str], tmp: str, check: bool) -> int:
+    """Bring-up check after every step of ``steps`` (a replay of each prefix); with
+    ``check``, first run the whole sequence checking the state after every step."""
+    if check:
+        run_steps(m, steps, tmp, check=True).close()
     for i in range(1, len(steps) + 1):
         bring_up_works(m, steps[:i], tmp)
     return len(steps)
+
+
 
 
 def test_model_based_power_and_reset_sequences(capsys):
@@ -378,15 +426,22 @@ def test_model_based_power_and_reset_sequences(capsys):
         start = time.perf_counter()
         n_steps = 0
         with tempfile.TemporaryDirectory(prefix="vv-model-") as tmp:
+            for nsr, steps in DIRECTED:
+                n_steps += run_sequence(Model(nsr, False, False), steps, tmp, check=True)
             for i in range(SEQUENCES):
                 seed = rng.randrange(1 << 30)
+                r = random.Random(seed)
+                m = Model(nsr=r.random() < 0.6, reset_lines=r.random() < 0.3,
+                          suspend=r.random() < 0.5)
                 try:
-                    n_steps += run_sequence(random.Random(seed), tmp)
+                    steps = generate(r, m, tmp)
+                    n_steps += run_sequence(m, steps, tmp, check=False)
                 except AssertionError as e:
                     raise AssertionError(f"sequence {i} (seed {seed}): {e}") from None
         took = time.perf_counter() - start
     finally:
         logging.disable(logging.NOTSET)
     with capsys.disabled():
-        print(f"\nmodel test: {SEQUENCES} sequences, {n_steps} steps, seed {SEED}, "
+        print(f"\nmodel test: {len(DIRECTED)} directed + {SEQUENCES} random sequences, "
+              f"{n_steps} steps (each followed by a bring-up check), seed {SEED}, "
               f"{took:.1f} s")
