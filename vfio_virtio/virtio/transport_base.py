@@ -20,7 +20,7 @@ from typing import Callable
 from ..pci import spec as P
 from ..pci.function import PciFunction
 from ..pci.pm import Cause, PowerChange
-from ..power import Event, Lines, Outcome, Pm, decide
+from ..power import NOTHING, Event, Lines, Outcome, Pm, decide
 from . import spec as V
 from .core import VirtioCore
 
@@ -124,9 +124,12 @@ class TransportBase:
                          driven=self.driven,
                          reset_lines_on_disconnect=self.reset_lines_on_disconnect)
         self.last_outcome = (event, outcome)
-        log.info("%s: virtio %s, lines %s, PM %s, event buffers %s", event.value,
-                 "reset" if outcome.virtio_reset else "kept", outcome.lines.value,
-                 outcome.pm.value, outcome.event_buffers.value)
+        if outcome == NOTHING:
+            log.info("%s: state kept", event.value)
+        else:
+            log.info("%s: virtio %s, lines %s, PM %s, event buffers %s", event.value,
+                     "reset" if outcome.virtio_reset else "kept", outcome.lines.value,
+                     outcome.pm.value, outcome.event_buffers.value)
         if outcome.virtio_reset:
             self.core.reset(keep_lines=outcome.lines is Lines.KEEP)
             self._reset_regs()
