@@ -66,29 +66,31 @@ def make():
         s.close()
 
 
+@pytest.mark.parametrize("mmio", [False, True], ids=["pci", "mmio"])
 @pytest.mark.parametrize("nsr", [True, False], ids=["no_soft_reset", "soft_reset"])
-def test_client_lost_in_d3hot_next_client_works(make, nsr):
+def test_client_lost_in_d3hot_next_client_works(make, nsr, mmio):
     """Case 1: a suspended guest's QEMU is killed; the next client's bring-up must give a
     working device (PMCSR D0, requests processed)."""
-    srv = make(no_soft_reset=nsr)
-    g = Guest(srv)
+    srv = make(no_soft_reset=nsr, transport="mmio" if mmio else "pci")
+    g = Guest(srv, mmio)
     g.bring_up()
     assert g.request_completes(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)[0] == 0
     g.drv.set_power_state(P.PCI_D3hot)
     g.client.disconnect()
-    g2 = Guest(srv)
+    g2 = Guest(srv, mmio)
     assert g2.drv.power_state() == P.PCI_D0
     g2.bring_up()
     assert g2.request_completes() == IN_OK
     g2.close()
 
 
+@pytest.mark.parametrize("mmio", [False, True], ids=["pci", "mmio"])
 @pytest.mark.parametrize("how", ["device_reset", "flr"])
-def test_soft_reset_function_reset_in_d3hot_then_reinit_works(make, how):
+def test_soft_reset_function_reset_in_d3hot_then_reinit_works(make, how, mmio):
     """Case 2: --soft-reset, VFIO_USER_DEVICE_RESET (or FLR) while in D3hot: the function
     resets (D0, status 0, as QEMU's own virtio-pci) and a re-init processes requests."""
-    srv = make(no_soft_reset=False)
-    g = Guest(srv)
+    srv = make(no_soft_reset=False, transport="mmio" if mmio else "pci")
+    g = Guest(srv, mmio)
     g.bring_up()
     g.drv.set_power_state(P.PCI_D3hot)
     getattr(g.client, how)()
