@@ -87,7 +87,9 @@ def decide(event: Event, power: Power, no_soft_reset: bool, suspended: bool = Fa
     """The survival table as a function (see the module docstring for the rules).
 
     ``power`` is the state at the time of the event (for PMCSR_D3HOT_TO_D0: the state the
-    write left, D0). ``suspended``: SUSPEND negotiated and set. ``driven``: the current
+    write left, D0). ``suspended``: SUSPEND negotiated and set; no rule depends on it today
+    (a SUSPENDed device is reset like a running one, and SUSPEND itself resets nothing) but
+    it is part of the situation so a rule that needs it lands here. ``driven``: the current
     client wrote a non-zero status since the last function reset.
     """
     if event is Event.PMCSR_D3HOT_TO_D0:
