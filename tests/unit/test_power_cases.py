@@ -162,3 +162,21 @@ def test_ring_reset_completes_with_queue_reset_reading_0(make, mmio):
     g.drv.setup_queue(EVENTQ)                          # re-enable (vp_modern_set_queue_enable)
     assert g.request_completes() == IN_OK
     g.close()
+
+
+def test_gating_is_derived_and_announced(make):
+    """One place to read gating (what a C fast path mirrors): transport.gating() follows the
+    PM capability and the status, and every change is announced to gating_listeners."""
+    srv = make()
+    g = Guest(srv)
+    g.bring_up()
+    seen = []
+    srv.transport.gating_listeners.append(lambda: seen.append(srv.transport.gating()))
+    g.drv.set_power_state(P.PCI_D3hot)
+    assert seen[-1] == {"decode": False, "running": False, "delivery": False}
+    assert not srv.core.running and not srv.controller.delivery
+    g.drv.set_power_state(P.PCI_D0)
+    assert seen[-1] == {"decode": True, "running": True, "delivery": True}
+    srv.core.needs_reset("test")                       # from inside the device
+    assert seen[-1]["running"] is False
+    g.close()

@@ -70,6 +70,7 @@ class VirtioCore:
         # The front end sets it; alone (tests of the core) the device is always powered.
         self.power_gate = lambda: True
         self._engines = False        # what the device was last told: running or not
+        self.on_gating_change = lambda: None   # the front end's hook (e.g. NEEDS_RESET)
         device.attach(self)
 
     # --- features -------------------------------------------------------------------------
@@ -288,6 +289,7 @@ class VirtioCore:
             self.device.resume()
         else:
             self.device.quiesce()
+        self.on_gating_change()
 
     def get_state(self) -> dict:
         return {"status": self.status, "driver_features": self.driver_features,

@@ -39,6 +39,7 @@ class TransportBase:
         self.last_outcome: tuple[Event, Outcome] | None = None
         core.irq = self
         core.power_gate = lambda: fn.pm.decodes_bars
+        core.on_gating_change = self._gating_changed
         fn.listener = self
 
     # --- shared registers -----------------------------------------------------------------
