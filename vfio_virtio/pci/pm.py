@@ -128,8 +128,8 @@ class PowerManagement:
         if self.cfg is not None:
             self.sync(self.cfg)
         if old != new:
-            log.info("PM: %s -> %s (%s, No_Soft_Reset=%d)", S.D_STATE_NAMES[old],
-                     S.D_STATE_NAMES[new], cause.value, self.no_soft_reset)
+            log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", S.D_STATE_NAMES[old],
+                     S.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
         change = PowerChange(old, new, cause)
         for cb in list(self.listeners):
             cb(change)
