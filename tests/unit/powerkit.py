@@ -14,7 +14,9 @@ from vfio_virtio.pci import spec as P
 from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
 from vfio_virtio.testing.guestmem import GuestMemory
 from vfio_virtio.testing.inproc import InProcessServer, LocalClient
+from vfio_virtio.testing.virtio_mmio import VirtioMmioDriver
 from vfio_virtio.testing.virtio_pci import VirtioPciDriver
+from vfio_virtio.virtio import mmio_spec as M
 from vfio_virtio.virtio import spec as V
 
 QSIZE = 16
@@ -34,6 +36,7 @@ class Model:
     nsr: bool
     reset_lines: bool
     suspend: bool                      # VIRTIO_F_SUSPEND negotiated at bring-ups
+    mmio: bool = False                 # the virtio-mmio front end instead of virtio-pci
     power: str = D0
     status: int = 0                    # 0, RUNNING, or SUSPENDed (reads SUSPEND, no DRIVER_OK)
     driven: bool = False
@@ -102,17 +105,29 @@ class Model:
 class Rig:
     def __init__(self, m: Model, tmp: str) -> None:
         self.m, self.tmp = m, tmp
-        self.srv = InProcessServer(control=None, no_soft_reset=m.nsr,
-                                   keep_lines_on_disconnect=not m.reset_lines)
+        self.srv = self._server()
         self.mem = GuestMemory(1 << 20, iova=0x100000)
         self._connect()
         self.snaps = 0
 
+    def _server(self, **kw) -> InProcessServer:
+        return InProcessServer(control=None, no_soft_reset=self.m.nsr,
+                               keep_lines_on_disconnect=not self.m.reset_lines,
+                               transport="mmio" if self.m.mmio else "pci", **kw)
+
+    def _driver(self, check: bool = True):
+        if self.m.mmio:
+            return VirtioMmioDriver(self.client, self.mem, irq="msix", check=check)
+        return VirtioPciDriver(self.client, self.mem)
+
     def _connect(self) -> None:
         self.client = LocalClient(self.srv)
-        self.drv = VirtioPciDriver(self.client, self.mem)
+        self.drv = self._driver()
         self.g = GpioDriver(self.client, self.mem, self.drv)
         self.seen = 0                                   # eventq used entries read so far
+
+    def pm_cap(self) -> int:
+        return self.drv.pm_cap if self.m.mmio else self.drv.find_pci_cap(P.PCI_CAP_ID_PM)
 
     def close(self) -> None:
         self.drv.close()
@@ -207,11 +222,18 @@ def s_ring_reset(r: Rig, m: Model) -> None:
     if not m.running:
         return
     d = r.drv
-    d.common_write(V.VIRTIO_PCI_COMMON_Q_SELECT, EVENTQ, 2)
-    d.common_write(V.VIRTIO_PCI_COMMON_Q_RESET, 1, 2)
-    assert d.common_read(V.VIRTIO_PCI_COMMON_Q_RESET, 2) == 0, "queue_reset must read 0"
-    assert d.common_read(V.VIRTIO_PCI_COMMON_Q_ENABLE, 2) == 0
-    d.setup_queue(EVENTQ, QSIZE, d.queue_vectors.get(EVENTQ))
+    if m.mmio:
+        d.select_queue(EVENTQ)
+        d.write32(M.QueueReset, 1)
+        assert d.read32(M.QueueReset) == 0, "QueueReset must read 0"
+        assert d.read32(M.QueueReady) == 0
+        d.setup_queue(EVENTQ, QSIZE)
+    else:
+        d.common_write(V.VIRTIO_PCI_COMMON_Q_SELECT, EVENTQ, 2)
+        d.common_write(V.VIRTIO_PCI_COMMON_Q_RESET, 1, 2)
+        assert d.common_read(V.VIRTIO_PCI_COMMON_Q_RESET, 2) == 0, "queue_reset must read 0"
+        assert d.common_read(V.VIRTIO_PCI_COMMON_Q_ENABLE, 2) == 0
+        d.setup_queue(EVENTQ, QSIZE, d.queue_vectors.get(EVENTQ))
     r.seen = 0
     m.bar_access()
     m.held, m.delivered = False, 0
@@ -266,13 +288,14 @@ def s_snapshot_restore(r: Rig, m: Model) -> None:
     old.close()
     r.client.close()                                    # the old process goes away...
     r.srv.close()
-    r.srv = InProcessServer(control=None, no_soft_reset=m.nsr, restore=path,
-                            keep_lines_on_disconnect=not m.reset_lines)
+    r.srv = r._server(restore=path)
     r.client = LocalClient(r.srv)                       # ...the new one keeps everything
-    r.drv = VirtioPciDriver(r.client, r.mem)
-    r.drv.rings, r.drv.notify_offs, r.drv.notify_data = old.rings, old.notify_offs, old.notify_data
-    r.drv.queue_vectors, r.drv.features = old.queue_vectors, old.features
-    r.drv.enable_msix()
+    r.drv = r._driver(check=False)                      # (BARs may not decode: D3hot)
+    r.drv.rings, r.drv.features = old.rings, old.features
+    if not m.mmio:
+        r.drv.notify_offs, r.drv.notify_data = old.notify_offs, old.notify_data
+        r.drv.queue_vectors = old.queue_vectors
+        r.drv.enable_msix()
     r.g.client, r.g.drv = r.client, r.drv
     if m.power == D0_WOKEN:
         m.power = D0                                    # a restore is not a wake
@@ -294,7 +317,7 @@ WEIGHTS = {"d3hot": 4, "d0": 4, "device_reset": 2, "qemu_wake": 2, "flr": 1, "st
 def observe(r: Rig, m: Model) -> None:
     """The observable state against the model (reads that do not disturb the device)."""
     where = " -> ".join(m.log)
-    pmcsr = r.client.cfg_read16(r.drv.find_pci_cap(P.PCI_CAP_ID_PM) + P.PCI_PM_CTRL)
+    pmcsr = r.client.cfg_read16(r.pm_cap() + P.PCI_PM_CTRL)
     assert pmcsr & 3 == (P.PCI_D3hot if m.power == D3 else P.PCI_D0), where
     assert bool(pmcsr & P.PCI_PM_CTRL_NO_SOFT_RESET) == m.nsr, where
     assert r.srv.core.status == m.status, f"{where}: status {r.srv.core.status:#x}"

@@ -53,7 +53,7 @@ def run_steps(m: Model, steps: list[str], tmp: str, check: bool) -> Rig:
 def bring_up_works(m: Model, steps: list[str], tmp: str) -> None:
     """On a fresh stack that replayed ``steps``: what a new driver does (PMCSR D0, as the PCI
     core sets it at probe; then the whole 3.1.1 sequence) and one request completes."""
-    m2 = Model(m.nsr, m.reset_lines, m.suspend)
+    m2 = Model(m.nsr, m.reset_lines, m.suspend, m.mmio)
     r = run_steps(m2, steps, tmp, check=False)
     try:
         r.drv.set_power_state(P.PCI_D0)
@@ -129,12 +129,14 @@ def test_model_based_power_and_reset_sequences(capsys):
         n_steps = 0
         with tempfile.TemporaryDirectory(prefix="vv-model-") as tmp:
             for nsr, steps in DIRECTED:
-                n_steps += run_sequence(Model(nsr, False, False), steps, tmp, check=True)
+                for mmio in (False, True):
+                    n_steps += run_sequence(Model(nsr, False, False, mmio), steps, tmp,
+                                            check=True)
             for i in range(SEQUENCES):
                 seed = rng.randrange(1 << 30)
                 r = random.Random(seed)
                 m = Model(nsr=r.random() < 0.6, reset_lines=r.random() < 0.3,
-                          suspend=r.random() < 0.5)
+                          suspend=r.random() < 0.5, mmio=r.random() < 0.3)
                 try:
                     steps = generate(r, m, tmp)
                     n_steps += run_sequence(m, steps, tmp, check=False)
@@ -144,6 +146,6 @@ def test_model_based_power_and_reset_sequences(capsys):
     finally:
         logging.disable(logging.NOTSET)
     with capsys.disabled():
-        print(f"\nmodel test: {len(DIRECTED)} directed + {SEQUENCES} random sequences, "
+        print(f"\nmodel test: {2 * len(DIRECTED)} directed + {SEQUENCES} random sequences, "
               f"{n_steps} steps (each followed by a bring-up check), seed {SEED}, "
               f"{took:.1f} s")
