@@ -15,7 +15,8 @@ The rules (docs/PM.md has the evidence):
   after writing PMCSR back to D0 itself. QEMU's own virtio-pci skips that reset for a
   No_Soft_Reset function in D3hot (the function stays in D3hot, DRIVER_OK kept, its queues
   work after D0); here "in D3hot, or woken from it with nothing in between"
-  (:attr:`Power.D0_WOKEN`, QEMU's vfio-user client writes D0 first) keeps everything. Any other
+  (:attr:`Power.D0_WOKEN`, QEMU's vfio-user client writes D0 first) keeps everything; that
+  reset closes the window, so a second one is a real reset. Any other
   device reset resets the function; one from a client that never drove the device (QEMU's
   reset at machine start) keeps the lines, so outputs survive a host reboot until the new
   driver takes over.

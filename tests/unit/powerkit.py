@@ -78,6 +78,8 @@ class Model:
 
     def device_reset(self) -> None:
         if self.nsr and self.power in (D3, D0_WOKEN):
+            if self.power == D0_WOKEN:
+                self.power = D0                          # one wake, one wake reset
             return                                       # the platform's wake reset
         self.virtio_reset(keep_lines=not self.driven)
         self.function_reset()

@@ -138,6 +138,8 @@ class TransportBase:
             self.driven = False
             self._function_reset()
         self.fn.apply_pm(outcome.pm)             # notifies on_power_change (gating)
+        if event is Event.DEVICE_RESET:
+            pm.note_activity()                   # the wake reset happened: window closed
         self.core.update_gating()
         self._gating_changed()
         return outcome
