@@ -36,7 +36,6 @@ class TransportBase:
         self.reset_lines_on_disconnect = reset_lines_on_disconnect
         self.driven = False            # the current client wrote a status since reset
         self.gating_listeners: list[Callable[[], None]] = []
-        self.last_outcome: tuple[Event, Outcome] | None = None
         core.irq = self
         core.power_gate = lambda: fn.pm.decodes_bars
         core.on_gating_change = self._gating_changed
@@ -118,13 +117,14 @@ class TransportBase:
         self._gating_changed()
 
     def reset_event(self, event: Event) -> Outcome:
-        """Decide what ``event`` keeps and apply it: virtio level, then PCI, then gating."""
+        """Decide what ``event`` keeps and apply it: virtio level, then PCI, then gating.
+        (Events whose row resets nothing -- D0 -> D3hot, SUSPEND, RESUME, a snapshot
+        restore -- only change gating, which on_power_change / the status write re-derive.)"""
         pm = self.fn.pm
         outcome = decide(event, pm.power, pm.no_soft_reset,
                          suspended=bool(self.core.status & V.VIRTIO_CONFIG_S_SUSPEND),
                          driven=self.driven,
                          reset_lines_on_disconnect=self.reset_lines_on_disconnect)
-        self.last_outcome = (event, outcome)
         if outcome == NOTHING:
             log.info("%s: state kept", event.value)
         else:
