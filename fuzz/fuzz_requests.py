@@ -207,7 +207,9 @@ def run_program(data: bytes) -> None:
                 m.backend.set_input(line, level)
                 m.completions(m.ctl.process_events())
             elif op == 6:
-                m.completions(m.ctl.set_delivery(bool(r.u8() & 1)))
+                on = bool(r.u8() & 1)
+                m.ctl.gate = lambda on=on: on
+                m.completions(m.ctl.deliver_pending())
             elif op == 7:
                 dropped = m.ctl.reset(keep_lines=bool(r.u8() & 1))
                 for t in dropped:

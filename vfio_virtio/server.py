@@ -215,8 +215,7 @@ class GpioServer:
         self.backend = backend if backend is not None else \
             make_backend(cfg.backend, cfg.lines, cfg.names)
         self.controller = GpioController(self.backend, cfg.names)
-        self.device = VirtioGpioDevice(self.controller, cfg.queue_size,
-                                       keep_lines_on_disconnect=cfg.keep_lines_on_disconnect)
+        self.device = VirtioGpioDevice(self.controller, cfg.queue_size)
         self.device.defer = lambda fn: self.loop.call_later(0, fn)
         # a bad snapshot is refused before the socket exists
         restore = self.read_snapshot(cfg.restore) if cfg.restore else None
@@ -238,8 +237,9 @@ class GpioServer:
         self.core = VirtioCore(self.device, self.dma, ring_impl=cfg.ring,
                                offer_suspend=cfg.suspend_feature)
         transport_cls = front.VirtioMmioTransport if front else VirtioPciTransport
-        self.transport = transport_cls(self.function, self.core,
-                                       len(self.controller.config_bytes()))
+        self.transport = transport_cls(
+            self.function, self.core, len(self.controller.config_bytes()),
+            reset_lines_on_disconnect=not cfg.keep_lines_on_disconnect)
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)

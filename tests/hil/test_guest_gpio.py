@@ -125,7 +125,7 @@ def test_real_s3_wake_reset_keeps_state(rig):
     assert m.run("gpioget gpiochip0 2", timeout=20) == (0, "0\n")
     _no_reprobe(m)
     log = open(rig.srv.log_path).read()
-    assert "state kept" in log                         # the wake reset took the retention path
+    assert "VFIO_USER_DEVICE_RESET`: state kept" in log   # the wake reset kept everything
     record("guest_resume_s3_nsr1", {"device": rig.addr,
                                     "calls": [c.__dict__ for c in r.device_calls(rig.addr)]})
 

@@ -140,7 +140,7 @@ def test_suspend_cycle_resets_through_virtio_mmio(rig):
     d0 = srv_log.find("D3hot -> D0 (No_Soft_Reset=1)")
     assert srv_log.find("D0 -> D3hot") >= 0 and d0 > 0, srv_log
     after = srv_log[d0:]
-    assert "virtio reset (driver)" in after, srv_log      # virtio_mmio's restore reset it
+    assert "driver writes status 0: virtio reset" in after, srv_log   # virtio_mmio's restore
     assert "DRIVER_OK" in after
     with rig.host() as h:                                  # line state is not virtio state
         assert h.get(3)["direction"] == "out" and h.get(3)["value"] == 1

@@ -1,10 +1,12 @@
-"""pci/pm.py alone: register semantics (PCI PM 1.2 3.2) and the reset decisions."""
+"""pci/pm.py alone: register semantics (PCI PM 1.2 3.2), the one notifying path, and the
+power facts the reset policy reads (``PowerManagement.power``)."""
 from __future__ import annotations
 
 import struct
 
 from vfio_virtio.pci import spec as S
-from vfio_virtio.pci.pm import PowerManagement
+from vfio_virtio.pci.pm import Cause, PowerManagement
+from vfio_virtio.power import Power
 
 OFF = 0x40
 CTRL = OFF + S.PCI_PM_CTRL
@@ -14,11 +16,11 @@ class Listener:
     def __init__(self) -> None:
         self.events: list[tuple] = []
 
-    def on_power_state(self, old: int, new: int) -> None:
-        self.events.append(("power", old, new))
+    def __call__(self, change) -> None:
+        self.events.append(("power", change.old, change.new))
+        self.causes.append(change.cause)
 
-    def soft_reset(self, reason: str) -> None:
-        self.events.append(("reset", reason))
+    causes: list = []
 
 
 def make(nsr: bool = True, pme: int = 0):
@@ -26,7 +28,10 @@ def make(nsr: bool = True, pme: int = 0):
     pm.offset = OFF
     cfg = memoryview(bytearray(256))
     cfg[OFF + 1] = 0x48                      # libvfio-user's next pointer must survive
-    pm.listener = lst = Listener()
+    lst = Listener()
+    lst.causes = []
+    pm.listeners.append(lst)
+    pm.cfg = cfg
     pm.sync(cfg)
     PM_OF[id(cfg)] = pm
     return pm, cfg, lst
@@ -48,17 +53,23 @@ def test_transitions_are_reported_with_old_and_new_state():
     assert cfg[OFF + 1] == 0x48 and cfg[OFF] == S.PCI_CAP_ID_PM
 
 
-def test_soft_reset_comes_before_the_d0_report_without_nsr():
+def test_every_change_of_state_goes_through_the_one_path():
+    """Issue 12: a PMCSR write, a function reset and a snapshot restore all notify, with
+    their cause, and config space always shows the new state."""
     pm, cfg, lst = make(nsr=False)
     pm.write(CTRL, b"\x03\x00", cfg)
-    pm.write(CTRL, b"\x00\x00", cfg)
-    assert lst.events[1:] == [("reset", "pm-d3hot-d0"), ("power", 3, 0)]
+    pm.reset()
+    assert pmcsr(cfg) & 3 == 0
+    pm.set_state({"state": 3})
+    assert pmcsr(cfg) & 3 == 3
+    assert lst.events == [("power", 0, 3), ("power", 3, 0), ("power", 0, 3)]
+    assert lst.causes == [Cause.WRITE, Cause.RESET, Cause.RESTORE]
 
 
 def test_pme_status_is_write_one_to_clear_when_pme_is_supported():
     pm, cfg, _ = make(pme=0x08)              # PME from D3hot
     pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE | 3), cfg)
-    assert pm.signal_pme()
+    pm.set_state({"state": 3, "pme_enable": True, "pme_status": True})   # as a snapshot has it
     assert pmcsr(cfg) & S.PCI_PM_CTRL_PME_STATUS
     pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE | 3), cfg)   # writing 0: kept
     assert pmcsr(cfg) & S.PCI_PM_CTRL_PME_STATUS
@@ -71,7 +82,8 @@ def test_pme_enable_is_hardwired_without_pme_support():
     pm, cfg, _ = make()
     pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE), cfg)
     assert pmcsr(cfg) == S.PCI_PM_CTRL_NO_SOFT_RESET
-    assert not pm.signal_pme()
+    pm.set_state({"state": 0, "pme_enable": True})
+    assert pmcsr(cfg) == S.PCI_PM_CTRL_NO_SOFT_RESET
 
 
 def test_high_byte_write_leaves_power_state_alone():
@@ -81,18 +93,20 @@ def test_high_byte_write_leaves_power_state_alone():
     assert pmcsr(cfg) & 3 == 3 and lst.events == [("power", 0, 3)]
 
 
-def test_wake_reset_rule():
+def test_power_facts_for_the_wake_reset_rule():
+    """What the reset policy reads: D3hot, D0 just woken by a write (nothing in between),
+    or plain D0 (after any activity, a reset, or a restore)."""
     pm, cfg, _ = make()
-    assert not pm.keeps_state_on_device_reset()          # D0, nothing pending: real reset
+    assert pm.power is Power.D0
     pm.write(CTRL, b"\x03\x00", cfg)
-    assert pm.keeps_state_on_device_reset()              # in D3hot
+    assert pm.power is Power.D3HOT
     pm.write(CTRL, b"\x00\x00", cfg)
-    assert pm.keeps_state_on_device_reset()              # just woken, nothing in between
+    assert pm.power is Power.D0_WOKEN
     pm.note_activity()
-    assert not pm.keeps_state_on_device_reset()          # the driver used it since
-    pm2, cfg2, _ = make(nsr=False)
-    pm2.write(CTRL, b"\x03\x00", cfg2)
-    assert not pm2.keeps_state_on_device_reset()         # no No_Soft_Reset: always reset
+    assert pm.power is Power.D0                          # the driver used it since
+    pm.write(CTRL, b"\x03\x00", cfg)
+    pm.reset()
+    assert pm.power is Power.D0                          # a reset is not a wake
 
 
 def test_snapshot_state_is_validated():

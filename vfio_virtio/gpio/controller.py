@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from ..backends.base import (Backend, DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH, EDGE_FALLING,
                              EDGE_NONE, EDGE_RISING)
@@ -135,7 +135,10 @@ class GpioController:
             self.names = sanitize_names(backend.names, n) if backend.names else None
         self.names_blob: bytes = names_blob(self.names)
         self.irq_feature = False
-        self._delivery = True
+        # Whether interrupts may be delivered now: read from the layer above (the device
+        # sets it to the virtio core's ``running``, which follows the PM capability), never
+        # kept here. Alone, the controller always delivers.
+        self.gate: Callable[[], bool] = lambda: True
         self._lines = [_Line() for _ in range(n)]
         self._held: dict[int, Any] = {}
         self._outbox: list[Completion] = []
@@ -153,8 +156,8 @@ class GpioController:
 
     @property
     def delivery(self) -> bool:
-        """Whether interrupts may be delivered now (see :meth:`set_delivery`)."""
-        return self._delivery
+        """Whether interrupts may be delivered now (:attr:`gate`)."""
+        return self.gate()
 
     # ---- requestq ---------------------------------------------------------------------
     def handle(self, request: bytes, resp_capacity: int) -> bytes:
@@ -311,21 +314,17 @@ class GpioController:
             elif t in S.LEVEL_IRQ_TYPES:
                 self._try_deliver(gpio, out)
 
-    def set_delivery(self, enabled: bool) -> list[Completion]:
-        """Allow or stop interrupt delivery (False while in D3hot or SUSPENDed).
-
-        While disabled nothing completes with VALID and edges are latched; enabling delivers
-        latched edges and active levels of lines holding a buffer.
-        """
+    def deliver_pending(self) -> list[Completion]:
+        """The gate opened: deliver latched edges and active levels of lines holding a
+        buffer. (While the gate is closed nothing completes VALID and edges are latched.)"""
         out = self.take_completions()
-        self._delivery = bool(enabled)
-        if self._delivery:
+        if self.delivery:
             for gpio in sorted(self._held):
                 self._try_deliver(gpio, out)
         return out
 
     def _try_deliver(self, gpio: int, out: list[Completion]) -> None:
-        if not self._delivery or gpio not in self._held:
+        if gpio not in self._held or not self.gate():
             return
         line = self._lines[gpio]
         t = line.irq_type
@@ -380,7 +379,7 @@ class GpioController:
                           "irq_type": ln.irq_type, "latched": ln.latched}
                  for g, ln in enumerate(self._lines) if not ln.is_reset()}
         return {"version": SNAPSHOT_VERSION, "ngpio": self.ngpio, "lines": lines,
-                "held": sorted(self._held), "delivery": self._delivery,
+                "held": sorted(self._held), "delivery": self.delivery,
                 "irq_feature": self.irq_feature}
 
     def restore(self, state: dict, tokens_by_line: dict[int, Any]) -> list[Completion]:
@@ -390,11 +389,10 @@ class GpioController:
         Tokens for lines the snapshot does not hold are returned INVALID. Raises ValueError
         (changing nothing) if ``state`` is malformed or for another line count.
         """
-        new_lines, held, delivery, irq_feature = self._parse_state(state)
+        new_lines, held, _delivery, irq_feature = self._parse_state(state)  # gate is derived
         out = self.take_completions()
         self._lines = new_lines
         self._held = {}
-        self._delivery = delivery
         self.irq_feature = irq_feature
         self.backend.reset_lines()
         for gpio, line in enumerate(self._lines):

@@ -25,9 +25,6 @@ REQUESTQ, EVENTQ = S.VIRTIO_GPIO_REQUESTQ, S.VIRTIO_GPIO_EVENTQ
 MAX_REQUEST_READ = 64          # more than any valid request: an oversize one is seen as such
 BATCH = 64
 
-# Reset reasons after which line state (directions, driven values) survives.
-_KEEP_LINES = {"driver", "device-idle"}
-
 
 class VirtioGpioDevice:
     """The device side of virtio-gpio (VirtioDevice protocol of ``virtio.core``)."""
@@ -35,11 +32,9 @@ class VirtioGpioDevice:
     device_id = S.VIRTIO_ID_GPIO
     num_queues = 2
 
-    def __init__(self, controller: GpioController, queue_max_size: int = 256,
-                 keep_lines_on_disconnect: bool = True) -> None:
+    def __init__(self, controller: GpioController, queue_max_size: int = 256) -> None:
         self.ctl = controller
         self.queue_max_size = queue_max_size
-        self.keep_lines_on_disconnect = keep_lines_on_disconnect
         self.core: VirtioCore | None = None
         self.stats = {"requests": 0, "errors": 0, "events": 0, "malformed": 0}
         self._pend: list[tuple[int, int]] = []     # eventq used entries not yet pushed
@@ -52,6 +47,7 @@ class VirtioGpioDevice:
 
     def attach(self, core: VirtioCore) -> None:
         self.core = core
+        self.ctl.gate = lambda: core.running      # delivery follows the core's gating
 
     def device_features(self) -> int:
         return 1 << S.VIRTIO_GPIO_F_IRQ
@@ -65,12 +61,14 @@ class VirtioGpioDevice:
 
     def start(self) -> None:
         self.ctl.irq_feature = self.core.has(S.VIRTIO_GPIO_F_IRQ)
-        self._complete(self.ctl.set_delivery(True))
+        self._complete(self.ctl.deliver_pending())
         self.queue_notify(REQUESTQ)
         self.queue_notify(EVENTQ)
 
     def quiesce(self) -> None:
-        self._complete(self.ctl.set_delivery(False))
+        """The core stopped running: nothing to do here, delivery reads the core's gating
+        (edges are latched meanwhile); completions already produced still go out."""
+        self._complete(self.ctl.take_completions())
 
     def resume(self) -> None:
         """Back from D3hot or SUSPEND. Delivery of latched events and a scan of both queues
@@ -81,16 +79,18 @@ class VirtioGpioDevice:
     def _resume_work(self) -> None:
         if self.core is None or not self.core.running:
             return                            # suspended again, or reset, before we ran
-        self._complete(self.ctl.set_delivery(True))
+        self._complete(self.ctl.deliver_pending())
         for q in (REQUESTQ, EVENTQ):
             self.queue_notify(q)
 
-    def reset(self, reason: str) -> None:
-        keep = reason in _KEEP_LINES or (reason == "lost-connection"
-                                         and self.keep_lines_on_disconnect)
-        dropped = self.ctl.reset(keep_lines=keep)
-        log.info("gpio reset (%s): lines %s, %d event buffers dropped", reason,
-                 "kept" if keep else "reset", len(dropped))
+    def reset(self, keep_lines: bool) -> None:
+        """Virtio reset as the reset policy ordered: held event buffers are dropped, line
+        state kept or reset."""
+        dropped = self.ctl.reset(keep_lines=keep_lines)
+        self._pend = []
+        self._pending_held = None
+        log.info("gpio reset: lines %s, %d event buffers dropped",
+                 "kept" if keep_lines else "reset", len(dropped))
 
     def queue_reset(self, index: int) -> None:
         if index == EVENTQ:

@@ -14,16 +14,19 @@ from typing import Protocol
 from ..dma import DmaTable
 from ..vfu import context as vfu
 from . import spec as S
-from .pm import PowerManagement
+from ..power import Event, Pm
+from .pm import PowerChange, PowerManagement
 
 log = logging.getLogger(__name__)
 
 
 class FunctionListener(Protocol):
-    """What the PCI function tells the layer above it."""
+    """What the PCI function tells the layer above it. The layer above decides what an
+    event keeps (``vfio_virtio.power.decide``) and applies the PCI part through
+    :meth:`PciFunction.apply_pm`."""
 
-    def on_power_state(self, old: int, new: int) -> None: ...
-    def soft_reset(self, reason: str) -> None: ...
+    def on_power_change(self, change: PowerChange) -> None: ...
+    def on_reset_event(self, event: Event) -> None: ...
     def on_dma_change(self) -> None: ...
 
 
@@ -110,7 +113,8 @@ class PciFunction:
         ctx.setup_irqs(vfu.IRQ_MSIX, msix_vectors)
         ctx.setup_reset(self._on_reset)
         ctx.setup_dma(self._on_dma)
-        pm.listener = self
+        pm.cfg = self.cfg
+        pm.listeners.append(self._on_power_change)
 
     # --- building -------------------------------------------------------------------------
 
@@ -183,26 +187,33 @@ class PciFunction:
 
     # --- callbacks from libvfio-user / PM -------------------------------------------------
 
-    def on_power_state(self, old: int, new: int) -> None:
-        if self.listener is not None:
-            self.listener.on_power_state(old, new)
+    _RESET_EVENTS = {vfu.RESET_DEVICE: Event.DEVICE_RESET, vfu.RESET_PCI_FLR: Event.FLR,
+                     vfu.RESET_LOST_CONN: Event.LOST_CONNECTION}
 
-    def soft_reset(self, reason: str) -> None:
+    def _on_power_change(self, change: PowerChange) -> None:
         if self.listener is not None:
-            self.listener.soft_reset(reason)
+            self.listener.on_power_change(change)
 
     def _on_reset(self, kind: int) -> None:
-        name = vfu.RESET_NAMES.get(kind, str(kind))
-        if kind == vfu.RESET_DEVICE and self.pm.keeps_state_on_device_reset():
-            log.info("device reset while waking from D3hot with No_Soft_Reset: state kept")
-            self.pm.wake_to_d0(self.cfg)
-            return
-        log.info("function reset: %s", name)
-        self.pm.reset(self.cfg)
-        self._reset_config()
-        if kind == vfu.RESET_LOST_CONN:
-            self.dma.clear()
-        self.soft_reset(name)
+        event = self._RESET_EVENTS.get(kind)
+        if event is None:
+            log.warning("unknown reset type %d: treated as a device reset", kind)
+            event = Event.DEVICE_RESET
+        log.info("reset from the client: %s", event.value)
+        if event is Event.LOST_CONNECTION:
+            self.dma.clear()                   # the client's memory went with it
+        if self.listener is not None:
+            self.listener.on_reset_event(event)
+        else:
+            self.apply_pm(Pm.RESET)
+
+    def apply_pm(self, action: Pm) -> None:
+        """The PCI part of a reset outcome: RESET is a function reset (PM capability to its
+        power-on state, MSI-X Enable/Function Mask and Command's Interrupt Disable cleared);
+        KEEP does nothing."""
+        if action is Pm.RESET:
+            self._reset_config()
+            self.pm.reset()
 
     def _reset_config(self) -> None:
         """A function reset returns MSI-X Enable/Function Mask and Command's Interrupt

@@ -1,18 +1,12 @@
-"""PCI power management: the ONLY place that decides what a power transition or reset does.
+"""PCI power management: the PM capability, sole owner of the function's power state.
 
-Emulates the PM capability (PCI PM 1.2, section 3.2) through the config-space callback, so the
-device sees every PMCSR write, and decides between state retention and soft reset:
-
-* D0 -> D3hot: the device quiesces (no BAR decode, no interrupts, no queue processing).
-* D3hot -> D0 with No_Soft_Reset = 1: nothing is lost; the device resumes.
-* D3hot -> D0 with No_Soft_Reset = 0: internal soft reset (PCI PM 1.2, 5.4.1: "D0uninitialized").
-* VFIO_USER_DEVICE_RESET: QEMU's vfio-user client sends it on every system reset, including the
-  wake reset of S3, after writing PMCSR back to D0 itself (``vfio_pci_pre_reset``). QEMU's own
-  virtio-pci skips that reset for a No_Soft_Reset function that is in D3hot. Our equivalent:
-  a reset that arrives while the function is in D3hot, or right after the platform moved it
-  D3hot -> D0 with nothing else in between (no BAR access, no other PM write), is the platform
-  waking a No_Soft_Reset function and keeps state. Every other reset (guest reboot, FLR, lost
-  connection) resets.
+Emulates the PM capability (PCI PM 1.2, section 3.2) through the config-space callback. Every
+change of power state -- a PMCSR write, a function reset, a snapshot restore -- goes through
+one method (``_set_state``) that tells every listener a
+:class:`PowerChange` (old, new, cause). Nothing above keeps a copy: the function gates BARs
+and interrupts on :attr:`decodes_bars`, the virtio core's ``running`` reads it, the gpio
+controller's delivery follows the core. What a transition or reset *keeps* is decided by
+``vfio_virtio.power.decide``; this module only reports the facts it needs (:attr:`power`).
 
 Register semantics (byte-enable granular, like real hardware: any access size at any offset
 inside the capability is accepted; reads return the current bytes, writes merge per byte):
@@ -26,35 +20,49 @@ inside the capability is accepted; reads return the current bytes, writes merge 
 """
 from __future__ import annotations
 
+import enum
 import logging
 import struct
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable
 
+from ..power import Power
 from . import spec as S
 
 log = logging.getLogger(__name__)
 
 
-class PowerListener(Protocol):
-    """What the PM code tells the layer above (the virtio transport)."""
+class Cause(enum.Enum):
+    """Why the power state changed."""
 
-    def on_power_state(self, old: int, new: int) -> None: ...
-    def soft_reset(self, reason: str) -> None: ...
+    WRITE = "PMCSR write"          # the driver (or QEMU's pre-reset) wrote PowerState
+    RESET = "function reset"
+    RESTORE = "snapshot restore"
+
+
+@dataclass(frozen=True)
+class PowerChange:
+    old: int
+    new: int
+    cause: Cause
+
+
+PowerListener = Callable[[PowerChange], None]
 
 
 class PowerManagement:
-    """The PM capability of one function and its retention/reset decisions."""
+    """The PM capability of one function: registers, power state, listeners."""
 
     def __init__(self, no_soft_reset: bool = True, pme_support: int = 0) -> None:
         self.no_soft_reset = bool(no_soft_reset)
         self.pme_support = pme_support & 0x1F      # PMC bits 15:11
         self.offset = 0                            # set by the PCI function once placed
+        self.cfg: memoryview | None = None         # config space, set by the PCI function
         self.state = S.PCI_D0
         self.pme_enable = False
         self.pme_status = False
         self.wake_pending = False
-        self.listener: PowerListener | None = None
-        self.transitions: list[tuple[int, int]] = []   # (old, new), newest last, bounded
+        self.listeners: list[PowerListener] = []
 
     # --- register image -----------------------------------------------------------------
 
@@ -110,22 +118,21 @@ class PowerManagement:
             if target in (S.PCI_D1, S.PCI_D2):
                 log.info("PM: write of unsupported %s discarded", S.D_STATE_NAMES[target])
             elif target != self.state:
-                self._transition(target)
+                self._set_state(target, Cause.WRITE)
 
-    def _transition(self, new: int) -> None:
+    def _set_state(self, new: int, cause: Cause) -> None:
+        """The one path every power-state change takes: set, mirror, tell the listeners."""
         old, self.state = self.state, new
-        self.wake_pending = False
-        self.transitions = (self.transitions + [(old, new)])[-64:]
-        log.info("PM: %s -> %s (No_Soft_Reset=%d)", S.D_STATE_NAMES[old],
-                 S.D_STATE_NAMES[new], self.no_soft_reset)
-        if old == S.PCI_D3hot and new == S.PCI_D0:
-            if self.no_soft_reset:
-                self.wake_pending = True
-            elif self.listener is not None:
-                # D0uninitialized: reset first, so nothing runs on the old state meanwhile.
-                self.listener.soft_reset("pm-d3hot-d0")
-        if self.listener is not None:
-            self.listener.on_power_state(old, new)
+        # A D3hot -> D0 write leaves a wake mark until anything else happens (see power).
+        self.wake_pending = cause is Cause.WRITE and old == S.PCI_D3hot and new == S.PCI_D0
+        if self.cfg is not None:
+            self.sync(self.cfg)
+        if old != new:
+            log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", S.D_STATE_NAMES[old],
+                     S.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
+        change = PowerChange(old, new, cause)
+        for cb in list(self.listeners):
+            cb(change)
 
     def sync(self, cfg: memoryview) -> None:
         """Mirror the registers into config space, keeping libvfio-user's next pointer."""
@@ -133,54 +140,39 @@ class PowerManagement:
         img[1] = cfg[self.offset + 1]
         cfg[self.offset:self.offset + S.PCI_PM_SIZEOF] = img
 
-    # --- decisions ------------------------------------------------------------------------
+    # --- facts for the layers above -----------------------------------------------------
 
     @property
     def decodes_bars(self) -> bool:
         """PCI PM 1.2, 5.3: in D3hot only configuration accesses are honoured."""
         return self.state == S.PCI_D0
 
+    @property
+    def power(self) -> Power:
+        """The power state as the reset policy sees it (``power.Power``)."""
+        if self.state == S.PCI_D3hot:
+            return Power.D3HOT
+        return Power.D0_WOKEN if self.wake_pending else Power.D0
+
     def note_activity(self) -> None:
         """A BAR access or other driver activity: a later reset is no longer a wake reset."""
         self.wake_pending = False
 
-    def keeps_state_on_device_reset(self) -> bool:
-        """Decide for VFIO_USER_DEVICE_RESET: True when it is the platform's wake reset of a
-        No_Soft_Reset function (in D3hot, or just woken from it), False for a real reset."""
-        return self.no_soft_reset and (self.state == S.PCI_D3hot or self.wake_pending)
-
-    def reset(self, cfg: memoryview | None = None) -> None:
-        """Power-on state of the capability: D0, PME disabled (No_Soft_Reset is hardwired)."""
-        self.state = S.PCI_D0
+    def reset(self) -> None:
+        """Function reset: D0, PME disabled (No_Soft_Reset is hardwired)."""
         self.pme_enable = False
         self.pme_status = False
-        self.wake_pending = False
-        if cfg is not None:
-            self.sync(cfg)
-
-    def wake_to_d0(self, cfg: memoryview | None = None) -> None:
-        """The platform's wake reset of a No_Soft_Reset function: back in D0, state kept."""
-        if self.state != S.PCI_D0:
-            self._transition(S.PCI_D0)
-        self.wake_pending = False
-        if cfg is not None:
-            self.sync(cfg)
-
-    def signal_pme(self) -> bool:
-        """The device wants to wake the system: sets PME_Status when PME is enabled."""
-        if self.pme_enable and self.pme_support & (1 << 3) and self.state == S.PCI_D3hot:
-            self.pme_status = True
-            return True
-        return False
+        self._set_state(S.PCI_D0, Cause.RESET)
 
     def get_state(self) -> dict:
         return {"state": self.state, "pme_enable": self.pme_enable,
                 "pme_status": self.pme_status, "no_soft_reset": self.no_soft_reset}
 
     def set_state(self, d: dict) -> None:
-        self.state = int(d["state"]) & 3
-        if self.state not in (S.PCI_D0, S.PCI_D3hot):
-            raise ValueError(f"invalid power state {self.state} in snapshot")
+        """Restore a :meth:`get_state`; ValueError (nothing changed) if it is invalid."""
+        state = int(d["state"]) & 3
+        if state not in (S.PCI_D0, S.PCI_D3hot):
+            raise ValueError(f"invalid power state {state} in snapshot")
         self.pme_enable = bool(d.get("pme_enable")) and bool(self.pme_support)
         self.pme_status = bool(d.get("pme_status"))
-        self.wake_pending = False
+        self._set_state(state, Cause.RESTORE)

@@ -33,9 +33,9 @@ class VirtioDevice(Protocol):
     def attach(self, core: "VirtioCore") -> None: ...
     def start(self) -> None: ...                     # DRIVER_OK: queues are live
     def queue_notify(self, index: int) -> None: ...  # the driver kicked queue ``index``
-    def quiesce(self) -> None: ...                   # stop processing (D3hot, SUSPEND)
-    def resume(self) -> None: ...                    # process again, deliver what waited
-    def reset(self, reason: str) -> None: ...        # virtio reset: drop held buffers
+    def quiesce(self) -> None: ...                   # core.running became False
+    def resume(self) -> None: ...                    # core.running became True again
+    def reset(self, keep_lines: bool) -> None: ...   # virtio reset: drop held buffers
     def queue_reset(self, index: int) -> None: ...   # one queue reset (RING_RESET)
     def on_dma_change(self) -> None: ...             # guest memory was mapped or unmapped
     def get_state(self) -> dict: ...
@@ -66,8 +66,11 @@ class VirtioCore:
         self.status = 0
         self.driver_features = 0
         self.config_generation = 0
-        self.powered = True          # False while the function is in D3hot
-        self.failed_reason = ""
+        # Whether the function is powered (D0): read from the PM capability, never copied.
+        # The front end sets it; alone (tests of the core) the device is always powered.
+        self.power_gate = lambda: True
+        self._engines = False        # what the device was last told: running or not
+        self.on_gating_change = lambda: None   # the front end's hook (e.g. NEEDS_RESET)
         device.attach(self)
 
     # --- features -------------------------------------------------------------------------
@@ -115,6 +118,11 @@ class VirtioCore:
     # --- status ---------------------------------------------------------------------------
 
     @property
+    def powered(self) -> bool:
+        """False while the function is in D3hot (derived from the PM capability)."""
+        return self.power_gate()
+
+    @property
     def running(self) -> bool:
         """Queues are processed and interrupts raised only in this state."""
         s = self.status
@@ -127,12 +135,13 @@ class VirtioCore:
         value &= 0xFF
         old = self.status
         if value == 0:
-            self.reset("driver")
-            return
+            # A reset: the front end turns it into power.Event.STATUS_ZERO and the policy
+            # decides what it keeps, then calls reset().
+            raise ValueError("status 0 is a device reset: apply it through the transport")
         if value & V.VIRTIO_CONFIG_S_FAILED and not old & V.VIRTIO_CONFIG_S_FAILED:
             log.warning("driver set FAILED")
             self.status |= V.VIRTIO_CONFIG_S_FAILED
-            self.device.quiesce()
+            self.update_gating()
             return
         if not self.has(V.VIRTIO_F_SUSPEND):
             value &= ~V.VIRTIO_CONFIG_S_SUSPEND        # reserved unless negotiated
@@ -166,15 +175,14 @@ class VirtioCore:
             if not old & V.VIRTIO_CONFIG_S_DRIVER_OK:
                 log.warning("SUSPEND before DRIVER_OK: ignored")
                 return True
-            self.device.quiesce()
             self.status = (old | V.VIRTIO_CONFIG_S_SUSPEND) & ~V.VIRTIO_CONFIG_S_DRIVER_OK
             log.info("suspended (VIRTIO_F_SUSPEND)")
+            self.update_gating()
             return True
         if suspended and value & V.VIRTIO_CONFIG_S_DRIVER_OK:
             self.status = (old | V.VIRTIO_CONFIG_S_DRIVER_OK) & ~V.VIRTIO_CONFIG_S_SUSPEND
             log.info("resumed from SUSPEND")
-            if self.running:
-                self.device.resume()
+            self.update_gating()
             return True
         if suspended:
             return True            # nothing else changes while suspended
@@ -210,30 +218,31 @@ class VirtioCore:
 
     def _start(self) -> None:
         log.info("DRIVER_OK: features %#x", self.driver_features)
-        self.device.start()
+        if self.running:
+            self._engines = True
+            self.device.start()
 
     def needs_reset(self, reason: str) -> None:
         """Unrecoverable driver error: set DEVICE_NEEDS_RESET and tell the driver (2.1.1)."""
         if self.status & V.VIRTIO_CONFIG_S_NEEDS_RESET:
             return
         log.warning("DEVICE_NEEDS_RESET: %s", reason)
-        self.failed_reason = reason
         self.status |= V.VIRTIO_CONFIG_S_NEEDS_RESET
-        self.device.quiesce()
+        self.update_gating()
         self.config_generation = (self.config_generation + 1) & 0xFF
         if self.irq is not None and self.status & V.VIRTIO_CONFIG_S_DRIVER_OK:
             self.irq.config_interrupt()
 
-    def reset(self, reason: str) -> None:
-        """Device reset (writing 0 to status, or any function reset). Synchronous: status
-        reads back 0 as soon as this returns (4.1.4.3.1)."""
-        log.info("virtio reset (%s)", reason)
-        self.device.reset(reason)
+    def reset(self, keep_lines: bool) -> None:
+        """Virtio device reset, as ``power.decide`` ordered it (``keep_lines``: the device's
+        line state survives). Synchronous: status reads back 0 as soon as this returns
+        (4.1.4.3.1)."""
+        self.device.reset(keep_lines)
         for q in self.queues:
             q.reset()
         self.status = 0
         self.driver_features = 0
-        self.failed_reason = ""
+        self._engines = False
 
     # --- queues ---------------------------------------------------------------------------
 
@@ -269,14 +278,18 @@ class VirtioCore:
 
     # --- power ----------------------------------------------------------------------------
 
-    def set_powered(self, on: bool) -> None:
-        """The function entered D3hot (False) or came back to D0 with state kept (True)."""
-        was = self.running
-        self.powered = on
-        if was and not self.running:
-            self.device.quiesce()
-        elif not was and self.running:
+    def update_gating(self) -> None:
+        """The one path that tells the device when :attr:`running` changed (power state,
+        SUSPEND, FAILED, NEEDS_RESET): quiesce on the way down, resume on the way up."""
+        now = self.running
+        if now == self._engines:
+            return
+        self._engines = now
+        if now:
             self.device.resume()
+        else:
+            self.device.quiesce()
+        self.on_gating_change()
 
     def get_state(self) -> dict:
         return {"status": self.status, "driver_features": self.driver_features,
@@ -294,3 +307,6 @@ class VirtioCore:
         for q, qd in zip(self.queues, qs):
             q.set_state(qd)
         self.device.set_state(d["device"])
+        # The engines are as the snapshot left them; gating follows the restored power
+        # state from here on (a restore in D3hot resumes at the D0 write).
+        self._engines = self.running

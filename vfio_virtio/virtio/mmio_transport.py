@@ -22,6 +22,7 @@ from ..pci.function import PciFunction, PciIds
 from . import mmio_spec as M
 from . import spec as V
 from .core import VirtioCore
+from .transport_base import TransportBase
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,17 @@ def pci_ids(virtio_device_id: int = 41) -> PciIds:
                   class_code=(P.PCI_BASE_CLASS_SYSTEM, P.PCI_CLASS_SYSTEM_OTHER, 0))
 
 
-class VirtioMmioTransport:
+class VirtioMmioTransport(TransportBase):
     """Binds a :class:`VirtioCore` to BAR0 of a :class:`PciFunction` as a virtio-mmio v2
-    register block. Same constructor and listener methods as VirtioPciTransport."""
+    register block. Same constructor as VirtioPciTransport; the shared half is
+    :class:`TransportBase`."""
 
-    def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int) -> None:
+    def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int,
+                 reset_lines_on_disconnect: bool = False) -> None:
         if M.Config + device_cfg_size > BAR_SIZE:
             raise ValueError(f"device config of {device_cfg_size} bytes does not fit BAR0")
-        self.fn, self.core = fn, core
+        super().__init__(fn, core, reset_lines_on_disconnect)
         self.device_cfg_size = device_cfg_size
-        self.touched = False           # the current client drove the device since reset
         self._reset_regs()
         self._reads = {
             M.MagicValue: lambda: M.MAGIC_VALUE,
@@ -67,11 +69,11 @@ class VirtioMmioTransport:
             M.ConfigGeneration: lambda: core.config_generation,
         }
         self._writes = {
-            M.DeviceFeaturesSel: self._set_dfsel,
+            M.DeviceFeaturesSel: self._set_dfselect,
             M.DriverFeatures: self._set_gf,
-            M.DriverFeaturesSel: self._set_gfsel,
+            M.DriverFeaturesSel: self._set_gfselect,
             M.QueueSel: self._set_qsel,
-            M.QueueNum: self._set_qnum,
+            M.QueueNum: self._set_qsize,
             M.QueueReady: self._set_qready,
             M.QueueNotify: core.kick,
             M.InterruptACK: self._ack,
@@ -86,18 +88,13 @@ class VirtioMmioTransport:
             M.QueueReset: self._set_qreset,
         }
         fn.add_bar(BAR, BAR_SIZE, self)
-        core.irq = self
-        fn.listener = self
 
     def _reset_regs(self) -> None:
         """Register state a device reset returns to its initial values (4.2.2.1: InterruptStatus
         and every QueueReady clear; the queues themselves are reset by the core)."""
-        self.dfselect = 0
-        self.gfselect = 0
-        self.queue_select = 0
+        super()._reset_regs()
         self.shm_select = 0
         self.interrupt_status = 0
-        self.queue_reset_pending = [False] * len(self.core.queues)
 
     # --- BAR dispatch ---------------------------------------------------------------------
 
@@ -139,43 +136,7 @@ class VirtioMmioTransport:
         if offset + len(data) <= self.device_cfg_size:
             self.core.device.config_write(offset, data)
 
-    # --- feature windows ------------------------------------------------------------------
-
-    def _set_dfsel(self, v: int) -> None:
-        self.dfselect = v
-
-    def _set_gfsel(self, v: int) -> None:
-        self.gfselect = v
-
-    def _get_df(self) -> int:
-        return self.core.device_feature_window(self.dfselect)
-
-    def _set_gf(self, v: int) -> None:
-        self.core.set_driver_feature_window(self.gfselect, v)
-
-    # --- status ---------------------------------------------------------------------------
-
-    def _set_status(self, v: int) -> None:
-        if v == 0:
-            self.soft_reset("driver")
-            return
-        self.touched = True
-        self.core.write_status(v & 0xFF)
-
     # --- queues ---------------------------------------------------------------------------
-
-    def _q(self):
-        sel = self.queue_select
-        return self.core.queues[sel] if sel < len(self.core.queues) else None
-
-    def _set_qsel(self, v: int) -> None:
-        self.queue_select = v                   # out of range: QueueNumMax reads 0
-
-    def _configurable(self) -> bool:
-        return self.core.queue_configurable(self.queue_select)
-
-    def _set_qnum(self, v: int) -> None:
-        self.core.set_queue_size(self.queue_select, v)
 
     def _set_qaddr(self, attr: str, v: int, shift: int) -> None:
         if self._configurable():
@@ -191,25 +152,9 @@ class VirtioMmioTransport:
         if v & 1:
             if q.enabled:
                 return
-            try:
-                self.core.enable_queue(self.queue_select)
-            except ValueError as e:
-                self.core.needs_reset(f"queue {self.queue_select}: {e}")
-                return
-            self.queue_reset_pending[self.queue_select] = False
+            self.core.enable_queue(self.queue_select)
         elif q.enabled:
             self.core.reset_queue(self.queue_select)
-
-    def _get_qreset(self) -> int:
-        return int(self._q() is not None and self.queue_reset_pending[self.queue_select])
-
-    def _set_qreset(self, v: int) -> None:
-        """VIRTIO_F_RING_RESET (4.2.2.1): 1 resets the selected queue, which then reads 1
-        in QueueReset until QueueReady re-enables it or the device resets."""
-        if not v & 1 or self._q() is None or not self.core.has(V.VIRTIO_F_RING_RESET):
-            return
-        self.core.reset_queue(self.queue_select)
-        self.queue_reset_pending[self.queue_select] = True
 
     def _set_shmsel(self, v: int) -> None:
         self.shm_select = v                     # every ID is absent: lengths read all ones
@@ -236,32 +181,14 @@ class VirtioMmioTransport:
     def config_interrupt(self) -> None:
         self._raise(M.VIRTIO_MMIO_INT_CONFIG)
 
-    # --- FunctionListener -----------------------------------------------------------------
-
-    def on_power_state(self, old: int, new: int) -> None:
-        self.core.set_powered(new == P.PCI_D0)
-
-    def soft_reset(self, reason: str) -> None:
-        """The one reset entry point of this layer (driver, device, flr, lost-connection,
-        pm-d3hot-d0); as in the virtio-pci front end, a device reset from a client that
-        never drove the device is reported as 'device-idle'."""
-        if reason == "device" and not self.touched:
-            reason = "device-idle"
-        self.core.reset(reason)
-        self._reset_regs()
-        if reason != "driver":
-            self.touched = False
-
-    def on_dma_change(self) -> None:
-        if hasattr(self.core.device, "on_dma_change"):
-            self.core.device.on_dma_change()
+    # --- snapshot -----------------------------------------------------------------------
 
     def get_state(self) -> dict:
         return {"kind": "mmio", "dfselect": self.dfselect, "gfselect": self.gfselect,
                 "queue_select": self.queue_select, "shm_select": self.shm_select,
                 "interrupt_status": self.interrupt_status,
-                "queue_reset_pending": list(self.queue_reset_pending),
-                "touched": self.touched}
+                "queue_reset_pending": [False] * len(self.core.queues),   # resets complete at once
+                "touched": self.driven}
 
     def set_state(self, d: dict) -> None:
         if d.get("kind") != "mmio":
@@ -274,5 +201,4 @@ class VirtioMmioTransport:
         self.queue_select = int(d["queue_select"]) & 0xFFFFFFFF
         self.shm_select = int(d["shm_select"]) & 0xFFFFFFFF
         self.interrupt_status = int(d["interrupt_status"]) & 3
-        self.queue_reset_pending = qr
-        self.touched = bool(d.get("touched", True))
+        self.driven = bool(d.get("touched", True))

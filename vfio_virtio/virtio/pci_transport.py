@@ -15,6 +15,7 @@ from ..pci import spec as P
 from ..pci.function import PciFunction
 from . import spec as V
 from .core import VirtioCore
+from .transport_base import TransportBase
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,12 @@ class _Field:
         self.size, self.get, self.set = size, get, set
 
 
-class VirtioPciTransport:
-    """Binds a :class:`VirtioCore` to a :class:`PciFunction`."""
+class VirtioPciTransport(TransportBase):
+    """Binds a :class:`VirtioCore` to a :class:`PciFunction` as virtio-pci modern."""
 
-    def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int) -> None:
-        self.fn, self.core = fn, core
+    def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int,
+                 reset_lines_on_disconnect: bool = False) -> None:
+        super().__init__(fn, core, reset_lines_on_disconnect)
         self.regions = region_table(device_cfg_size, len(core.queues))
         self._handlers = {
             V.VIRTIO_PCI_CAP_COMMON_CFG: (self._common_read, self._common_write),
@@ -72,7 +74,6 @@ class VirtioPciTransport:
             V.VIRTIO_PCI_CAP_NOTIFY_CFG: (self._notify_read, self._notify_write),
         }
         self.isr = 0
-        self.touched = False           # the current client drove the device since reset
         self._reset_regs()
         self._fields = self._common_fields()
         fn.add_bar(BAR, BAR_SIZE, self)
@@ -84,17 +85,15 @@ class VirtioPciTransport:
             V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
         self._pci_cfg_window = _PciCfgWindow(self)
         self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
-        core.irq = self
-        fn.listener = self
 
     def _reset_regs(self) -> None:
-        self.dfselect = 0
-        self.gfselect = 0
-        self.queue_select = 0
+        super()._reset_regs()
         self.config_vector = V.VIRTIO_MSI_NO_VECTOR
         self.queue_vectors = [V.VIRTIO_MSI_NO_VECTOR] * len(self.core.queues)
-        self.queue_reset_pending = [False] * len(self.core.queues)
         self.isr = 0
+
+    def _function_reset(self) -> None:
+        self._pci_cfg_window.reset()           # config-space registers: function resets only
 
     # --- BAR0 dispatch (the PciFunction gates it by power state) --------------------------
 
@@ -122,10 +121,6 @@ class VirtioPciTransport:
         log.debug("write to read-only virtio structure ignored")
 
     # --- common configuration (4.1.4.3) ---------------------------------------------------
-
-    def _q(self):
-        sel = self.queue_select
-        return self.core.queues[sel] if sel < len(self.core.queues) else None
 
     def _common_fields(self) -> dict[int, _Field]:
         c = self.core
@@ -168,6 +163,10 @@ class VirtioPciTransport:
         return bytes(out)
 
     def _common_write(self, offset: int, data: bytes) -> None:
+        f = self._fields.get(offset)
+        if f is not None and f.size == len(data) and f.set is not None:
+            f.set(int.from_bytes(data, "little"))      # the common case: one whole field
+            return
         end = offset + len(data)
         for foff, f in self._fields.items():
             lo, hi = max(offset, foff), min(end, foff + f.size)
@@ -180,43 +179,12 @@ class VirtioPciTransport:
             cur[lo - foff:hi - foff] = data[lo - offset:hi - offset]
             f.set(int.from_bytes(cur, "little"))
 
-    def _set_dfselect(self, v: int) -> None:
-        self.dfselect = v
-
-    def _set_gfselect(self, v: int) -> None:
-        self.gfselect = v
-
-    def _get_df(self) -> int:
-        return self.core.device_feature_window(self.dfselect)
-
-    def _get_gf(self) -> int:
-        return self.core.driver_feature_window(self.gfselect)
-
-    def _set_gf(self, v: int) -> None:
-        self.core.set_driver_feature_window(self.gfselect, v)
-
     def _valid_vector(self, v: int) -> int:
         # 4.1.5.1.2: a vector the device cannot map reads back NO_VECTOR.
         return v if v < self.fn.msix_vectors else V.VIRTIO_MSI_NO_VECTOR
 
     def _set_config_vector(self, v: int) -> None:
         self.config_vector = self._valid_vector(v)
-
-    def _set_status(self, v: int) -> None:
-        if v == 0:
-            self.soft_reset("driver")
-            return
-        self.touched = True
-        self.core.write_status(v)
-
-    def _set_qsel(self, v: int) -> None:
-        self.queue_select = v                   # out of range: queue_size reads 0 (4.1.4.3.2)
-
-    def _configurable(self) -> bool:
-        return self.core.queue_configurable(self.queue_select)
-
-    def _set_qsize(self, v: int) -> None:
-        self.core.set_queue_size(self.queue_select, v)
 
     def _get_qvec(self) -> int:
         return self.queue_vectors[self.queue_select] if self._q() else V.VIRTIO_MSI_NO_VECTOR
@@ -236,17 +204,9 @@ class VirtioPciTransport:
         if q.enabled:
             return
         self.core.enable_queue(self.queue_select)
-        self.queue_reset_pending[self.queue_select] = False
 
-    def _get_qreset(self) -> int:
-        return int(self._q() is not None and self.queue_reset_pending[self.queue_select])
-
-    def _set_qreset(self, v: int) -> None:
-        if not v & 1 or self._q() is None or not self.core.has(V.VIRTIO_F_RING_RESET):
-            return
-        self.core.reset_queue(self.queue_select)
-        self.queue_vectors[self.queue_select] = V.VIRTIO_MSI_NO_VECTOR
-        self.queue_reset_pending[self.queue_select] = True
+    def _on_queue_reset(self, index: int) -> None:
+        self.queue_vectors[index] = V.VIRTIO_MSI_NO_VECTOR
 
     # --- ISR, device config, notify -------------------------------------------------------
 
@@ -290,31 +250,13 @@ class VirtioPciTransport:
         else:
             self.fn.trigger_intx()
 
-    # --- FunctionListener -----------------------------------------------------------------
-
-    def on_power_state(self, old: int, new: int) -> None:
-        self.core.set_powered(new == P.PCI_D0)
-
-    def soft_reset(self, reason: str) -> None:
-        """The one reset entry point of this layer (driver, device, flr, lost-connection,
-        pm-d3hot-d0). A device reset from a client that never drove the device (QEMU's reset
-        at machine start) is reported as 'device-idle' so line state can survive it."""
-        if reason == "device" and not self.touched:
-            reason = "device-idle"
-        self.core.reset(reason)
-        self._reset_regs()
-        if reason != "driver":
-            self.touched = False
-            self._pci_cfg_window.reset()       # config-space registers: function resets only
-
-    def on_dma_change(self) -> None:
-        self.core.device.on_dma_change()
+    # --- snapshot -----------------------------------------------------------------------
 
     def get_state(self) -> dict:
         return {"dfselect": self.dfselect, "gfselect": self.gfselect,
                 "queue_select": self.queue_select, "config_vector": self.config_vector,
                 "queue_vectors": list(self.queue_vectors), "isr": self.isr,
-                "touched": self.touched}
+                "touched": self.driven}
 
     def set_state(self, d: dict) -> None:
         self.dfselect = int(d["dfselect"]) & 0xFFFFFFFF
@@ -326,7 +268,7 @@ class VirtioPciTransport:
             raise ValueError("snapshot queue vector count does not match the device")
         self.queue_vectors = qv
         self.isr = int(d["isr"]) & 3
-        self.touched = bool(d.get("touched", True))
+        self.driven = bool(d.get("touched", True))
 
 
 class _PciCfgWindow:
