@@ -103,7 +103,7 @@ def test_soft_reset_function_reset_in_d3hot_then_reinit_works(make, how, mmio):
 
 def test_nsr_device_reset_in_d3hot_keeps_driver_ok_and_queue_works(make):
     """QEMU's virtio-pci with No_Soft_Reset: a DEVICE_RESET in D3hot leaves the function in
-    D3hot with DRIVER_OK kept; after D0 its queue works (NOTES.md)."""
+    D3hot with DRIVER_OK kept; after D0 its queue works (docs/FACTS.md)."""
     srv = make(no_soft_reset=True)
     g = Guest(srv)
     g.bring_up()

@@ -63,7 +63,7 @@ def test_outcomes_are_consistent(event, power, nsr, driven):
 
 
 def test_qemu_rules():
-    """NOTES.md, QEMU's own virtio-pci: DEVICE_RESET in D3hot without No_Soft_Reset resets
+    """docs/FACTS.md, QEMU's own virtio-pci: DEVICE_RESET in D3hot without No_Soft_Reset resets
     the function (D0, status 0); with it nothing is reset."""
     assert decide(Event.DEVICE_RESET, Power.D3HOT, False) == Outcome(
         True, Lines.RESET, Pm.RESET, Buffers.DROP)
