@@ -6,10 +6,10 @@ Every invalid flag or value gets a one-line message and exit status 2; start-up 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from . import deferlog
 from .gpio.names import parse_names_arg, parse_names_file
 from .server import GpioServer, ServerConfig, ServerError
 
@@ -109,8 +109,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Records are written after the reply that caused them (deferlog), not inside it.
+    logh = deferlog.install(args.log_level.upper(),
+                            "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
     except (ValueError, OSError) as e:
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, OSError) as e:
         print(f"vfio-virtio-gpio: error: {e}", file=sys.stderr)
         return 1
+    logh.set_scheduler(lambda fn: server.loop.call_later(deferlog.FLUSH_DELAY, fn))
     try:
         server.install_signals()
         server.announce()
@@ -130,4 +132,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.snapshot:
             server.save_snapshot(args.snapshot)
         server.close()
+        logh.set_scheduler(None)
     return 0
