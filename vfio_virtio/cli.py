@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in BAR0 (see docs/MMIO.md)")
     p.add_argument("--ring", choices=("c", "py"), default=None,
                    help="virtqueue implementation (default c)")
+    p.add_argument("--fast", choices=("on", "off"), default="on",
+                   help="serve BAR0 hot registers and the requestq in C (default on; "
+                        "off: every access through Python, the reference path)")
     p.add_argument("--queue-size", type=_queue_size, default=256,
                    help="maximum virtqueue size (power of two, default 256)")
     p.add_argument("--ready-fd", type=_positive(0, 65535), default=None, metavar="FD",
@@ -103,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         suspend_feature=args.suspend_feature,
                         keep_lines_on_disconnect=not args.reset_lines_on_disconnect,
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
-                        restore=args.restore, transport=args.transport, snapshot=args.snapshot)
+                        restore=args.restore, transport=args.transport, snapshot=args.snapshot,
+                        fast=args.fast == "on")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,6 +108,7 @@ class ServerConfig:
     restore: str | None = None
     transport: str = "pci"
     snapshot: str | None = None         # saved on SIGUSR1 and at exit
+    fast: bool = True                   # BAR0 hot registers and the requestq in C (issue 15)
 
 
 def gpio_ids() -> PciIds:
@@ -197,11 +198,18 @@ class GpioServer:
         transport_cls = front.VirtioMmioTransport if front else VirtioPciTransport
         self.transport = transport_cls(self.function, self.core,
                                        len(self.controller.config_bytes()))
+        self.fast = None
+        if cfg.fast and front is None and (cfg.ring or os.environ.get("VFIO_VIRTIO_RING")
+                                           or "c") == "c":
+            from .gpio import fastpath
+            self.fast = fastpath.install(self.function, self.transport, self.core, self.device)
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)
         if cfg.restore:
             self.load_snapshot(cfg.restore)
+        if self.fast is not None:
+            self.fast.sync()
         self._poll_fd = self.function.ctx.poll_fd
         self.loop.add_reader(self._poll_fd, self._on_vfu)
         bfd = self.backend.fileno()
@@ -346,6 +354,8 @@ class GpioServer:
             self.control.close()
         self.loop.remove_reader(self._poll_fd)
         self.function.ctx.destroy()
+        if self.fast is not None:
+            self.fast.close()
         for p in (self.socket_path,):
             try:
                 os.unlink(p)

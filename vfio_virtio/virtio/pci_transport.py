@@ -64,6 +64,8 @@ class VirtioPciTransport:
 
     def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int) -> None:
         self.fn, self.core = fn, core
+        self.fast = None               # gpio/fastpath.FastPath once BAR0 is served from C
+        self._isr = 0
         self.regions = region_table(device_cfg_size, len(core.queues))
         self._handlers = {
             V.VIRTIO_PCI_CAP_COMMON_CFG: (self._common_read, self._common_write),
@@ -86,6 +88,18 @@ class VirtioPciTransport:
         self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
         core.irq = self
         fn.listener = self
+
+    @property
+    def isr(self) -> int:
+        """ISR status bits; kept in the C register image while the fast path is installed."""
+        return self._isr if self.fast is None else self.fast.isr
+
+    @isr.setter
+    def isr(self, value: int) -> None:
+        if self.fast is None:
+            self._isr = value
+        else:
+            self.fast.isr = value
 
     def _reset_regs(self) -> None:
         self.dfselect = 0
@@ -294,6 +308,8 @@ class VirtioPciTransport:
 
     def on_power_state(self, old: int, new: int) -> None:
         self.core.set_powered(new == P.PCI_D0)
+        if self.fast is not None:
+            self.fast.sync()                   # C register image: gating and running
 
     def soft_reset(self, reason: str) -> None:
         """The one reset entry point of this layer (driver, device, flr, lost-connection,
@@ -306,6 +322,8 @@ class VirtioPciTransport:
         if reason != "driver":
             self.touched = False
             self._pci_cfg_window.reset()       # config-space registers: function resets only
+        if self.fast is not None:
+            self.fast.sync()
 
     def on_dma_change(self) -> None:
         self.core.device.on_dma_change()
