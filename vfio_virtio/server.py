@@ -215,8 +215,12 @@ class GpioServer:
         bfd = self.backend.fileno()
         if bfd is not None:
             self.loop.add_reader(bfd, self.device.on_backend_events)
-        self.control = ControlServer(cfg.control, self.backend, self.loop) if cfg.control \
-            else None
+        self.control = ControlServer(cfg.control, self.backend, self.loop,
+                                     info=self._info) if cfg.control else None
+
+    def _info(self) -> dict:
+        """Extra fields of the control socket's ``info``: what the C request path served."""
+        return {"fast_path": self.fast.counters() if self.fast is not None else None}
 
     # --- the vfio-user socket -------------------------------------------------------------
 
