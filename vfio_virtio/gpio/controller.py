@@ -141,6 +141,8 @@ class GpioController:
         # controller then read and write the same line state (gpio/lines_c.py).
         table = getattr(backend, "line_table", None)
         self._lines = list(table.views) if table is not None else [_Line() for _ in range(n)]
+        if table is not None:
+            table.g.names_size = len(self.names_blob)     # names are answered by Python
         self._held: dict[int, Any] = {}
         self._outbox: list[Completion] = []
         backend.reset_lines()
