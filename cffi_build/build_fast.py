@@ -73,13 +73,17 @@ long vv_fast_access(struct vv_fast *f, char *buf, unsigned long count, long long
 /* glue */
 int vv_fast_install(struct vv_fast *f, void *ctx, uint32_t bar0_size);
 void vv_fast_uninstall(struct vv_fast *f);
+int vv_fast_serve(struct vv_fast *f, int vfu_fd, const int *fds, int nfds, int timeout_ms,
+                  int stall_ms, volatile int *stop);
 extern const char VV_FAST_BUILD_ID[];
 extern "Python" long vv_fast_py_bar0(struct vv_fast *, char *, unsigned long, long long, int);
 """
 
 SOURCE = r"""
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
+#include <time.h>
 #include "libvfio-user.h"
 #include "fastpath.h"
 
@@ -147,6 +151,67 @@ int vv_fast_install(struct vv_fast *f, void *ctx, uint32_t bar0_size)
                          NULL, 0, -1, 0) < 0)
         return -1;
     vv_fast_table[slot] = f;
+    return 0;
+}
+
+static long long vv_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Serve vfio-user messages here until Python is needed: wait (poll) on the client
+ * connection vfu_fd and on fds (every other fd the server's loop watches), run
+ * vfu_run_ctx whenever only the connection is readable. Returns 0 when another fd is
+ * readable, timeout_ms (-1: none; the loop's next timer) passed, *stop was set (a Python
+ * callback scheduled work) or the connection changed; 1 when one vfu_run_ctx took at least
+ * stall_ms (a stalled client: Python decides); -1 with errno when vfu_run_ctx failed
+ * (Python's own call will see the same condition and handle it). */
+int vv_fast_serve(struct vv_fast *f, int vfu_fd, const int *fds, int nfds, int timeout_ms,
+                  int stall_ms, volatile int *stop)
+{
+    struct pollfd p[64];
+    long long deadline = timeout_ms < 0 ? -1 : vv_now_ms() + timeout_ms;
+    int n = 1;
+
+    p[0].fd = vfu_fd;
+    p[0].events = POLLIN;
+    for (int i = 0; i < nfds && n < 64; i++) {
+        p[n].fd = fds[i];
+        p[n++].events = POLLIN;
+    }
+    if (nfds >= 64)
+        return 0;                          /* too many to watch here: Python's loop waits */
+    while (!*stop) {
+        int left = -1, r;
+        if (deadline >= 0) {
+            long long now = vv_now_ms();
+            if (now >= deadline)
+                return 0;
+            left = (int)(deadline - now);
+        }
+        r = poll(p, (nfds_t)n, left);
+        if (r <= 0)
+            return 0;                      /* timeout, or EINTR: a signal is Python's */
+        for (int i = 1; i < n; i++)
+            if (p[i].revents)
+                return 0;
+        if (p[0].revents) {
+            long long t0 = vv_now_ms();
+            int rc = vfu_run_ctx((vfu_ctx_t *)f->ctx), err = errno;
+            if (vv_now_ms() - t0 >= stall_ms)
+                return 1;
+            if (rc < 0 && err != EAGAIN && err != EBUSY) {
+                errno = err;
+                return -1;
+            }
+            if (vfu_get_poll_fd((vfu_ctx_t *)f->ctx) != vfu_fd)
+                return 0;
+            if (p[0].revents & (POLLHUP | POLLERR))
+                return 0;
+        }
+    }
     return 0;
 }
 

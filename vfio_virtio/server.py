@@ -263,6 +263,16 @@ class GpioServer:
             # stopped in the middle of a message. Shut the connection; the library sees EOF.
             log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
             _conn_setopt(self._poll_fd, None)
+        elif self.fast is not None:
+            # further messages are served in C until the loop has other work (issue 15)
+            rc = self.fast.serve(self.loop, self._poll_fd, CLIENT_IO_TIMEOUT)
+            if ctx.poll_fd != self._poll_fd:
+                self.attached = False
+                self._rewatch()
+                log.info("client connection closed; waiting for the next one")
+            elif rc == 1:
+                log.warning("client stalled: dropping it")
+                _conn_setopt(self._poll_fd, None)
 
     def _rewatch(self) -> None:
         self.loop.remove_reader(self._poll_fd)

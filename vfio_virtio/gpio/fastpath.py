@@ -69,6 +69,7 @@ class FastPath:
             raise OSError(err, f"vv_fast_install: {errno.errorcode.get(err, err)}")
         _REGISTRY[_addr(f, ffi)] = self
         self.isr = transport.isr
+        self._stop = ffi.new("int[1]")
         transport.fast = self
         needs_reset, defer = core.needs_reset, device.defer
 
@@ -129,6 +130,27 @@ class FastPath:
         f = self.f
         return {"reads": f.c_reads, "kicks": f.c_kicks, "chains": f.c_chains,
                 "malformed": f.c_malformed, "irqs": f.c_irqs, "python": f.py_calls}
+
+    def serve(self, loop, vfu_fd: int, stall_s: float = 5.0) -> int:
+        """Serve further vfio-user messages in C, blocking, until the loop has other work
+        (another fd readable, a timer due, a timer or reader added by a callback) or the
+        connection needs Python. Returns vv_fast_serve's code (0, 1 stalled, -1 error)."""
+        fds = [fd for fd in loop.watched_fds() if fd != vfu_fd]
+        t = loop.next_timeout()
+        if t == 0.0 or len(fds) >= 63:
+            return 0
+        ms = -1 if t is None else max(1, int(t * 1000))
+        stop = self._stop
+        stop[0] = 0
+        loop.on_change = self._on_loop_change
+        try:
+            return lib.vv_fast_serve(self.f, vfu_fd, fds, len(fds), ms, int(stall_s * 1000),
+                                     stop)
+        finally:
+            loop.on_change = None
+
+    def _on_loop_change(self) -> None:
+        self._stop[0] = 1
 
     def close(self) -> None:
         lib.vv_fast_uninstall(self.f)
