@@ -75,10 +75,14 @@ def _issue15_targets(res: dict) -> list[dict]:
     med = lambda ring, arm: _fmt(lat[ring][arm]["median_us"])  # noqa: E731
     if "c_request_over_c_sample_bar" in r:
         x = r["c_request_over_c_sample_bar"]
+        lean = r.get("c_request_lean_over_c_sample_bar")
+        measured = (f"x{lean:.2f} with a preallocated request ({med('c', 'request_lean')} vs "
+                    f"{med('c_sample', 'bar_read')} us); x{x:.2f} with the harness driver "
+                    f"that builds each chain ({med('c', 'request')} us)" if lean is not None
+                    else f"x{x:.2f} ({med('c', 'request')} vs {med('c_sample', 'bar_read')} us)")
         out.append({"name": "one GET_VALUE round trip vs the C sample's 4-byte BAR read",
-                    "goal": "<= 1.2x", "met": x <= 1.2,
-                    "measured": f"x{x:.2f} ({med('c', 'request')} vs "
-                                f"{med('c_sample', 'bar_read')} us)"})
+                    "goal": "<= 1.2x", "met": (lean if lean is not None else x) <= 1.2,
+                    "measured": measured})
         x = r["c_bar_read_over_c_sample_bar"]
         out.append({"name": "BAR0 common-config read vs the C sample's BAR read",
                     "goal": "<= 1.05x", "met": x <= 1.05,
@@ -225,6 +229,10 @@ def summary_md(res: dict) -> str:
             L.append(f"| {label} | " + " | ".join(f(k) for k in cols) + " |")
         row("request round trip, median / p99 (us)",
             lambda k: f"{_fmt(lat[k]['request']['median_us'])} / {_fmt(lat[k]['request']['p99_us'])}")
+        row("request, preallocated chain (lean driver), median / p99 (us)",
+            lambda k: f"{_fmt(lat[k]['request_lean']['median_us'])} / "
+                      f"{_fmt(lat[k]['request_lean']['p99_us'])}" if "request_lean" in lat[k]
+            else "-")
         row("empty kick (transport floor), median (us)",
             lambda k: _fmt(lat[k]['empty_kick']['median_us']))
         row(f"throughput, {req['batch']} per kick (requests/s)",
