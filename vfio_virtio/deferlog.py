@@ -16,6 +16,7 @@ the queue out once the current callback has returned, so the cost lands after th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 #: Seconds between the first queued record and the write of the batch. Long enough that the
@@ -68,6 +69,20 @@ class DeferredHandler(logging.Handler):
                 self._scheduled = False
                 self.flush()
 
+    def defer_call(self, logger: logging.Logger, level: int, msg, args) -> None:
+        """Queue a logging call itself (see :func:`install`): the record is built at flush,
+        with this moment's timestamp."""
+        self._queue.append((logger, level, msg, args, time.time_ns()))
+        if len(self._queue) >= self.limit:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            try:
+                self._schedule(self._flush_scheduled)
+            except Exception:
+                self._scheduled = False
+                self.flush()
+
     def _flush_scheduled(self) -> None:
         self._scheduled = False
         self.flush()
@@ -75,6 +90,12 @@ class DeferredHandler(logging.Handler):
     def flush(self) -> None:
         q, self._queue = self._queue, []
         for r in q:
+            if type(r) is tuple:
+                logger, level, msg, args, t_ns = r
+                r = logger.makeRecord(logger.name, level, "(unknown file)", 0, msg, args, None)
+                r.created = t_ns / 1e9
+                r.msecs = (t_ns // 1_000_000) % 1000
+                r.relativeCreated = (t_ns / 1e6) - logging._startTime * 1000
             self.target.handle(r)
         self.target.flush()
 
@@ -82,6 +103,40 @@ class DeferredHandler(logging.Handler):
         self.flush()
         self.target.close()
         super().close()
+
+
+_ACTIVE: DeferredHandler | None = None
+_ORIG_LOG = logging.Logger._log
+_PLAIN: dict[int, bool] = {}
+
+
+def _plain(logger: logging.Logger) -> bool:
+    """True when the logger's records reach only the root's handlers, unfiltered."""
+    c = logger
+    while c is not None:
+        if c.filters or (c.handlers and c.parent is not None) or \
+                (not c.propagate and c.parent is not None):
+            return False
+        c = c.parent
+    return True
+
+
+def _deferred_log(self, level, msg, args, exc_info=None, extra=None, stack_info=False,
+                  stacklevel=1):
+    """``Logger._log`` while a DeferredHandler is active: a plain INFO/WARNING/DEBUG call
+    (no exception, extra or stack) is queued as it is, and its LogRecord is built after the
+    reply; everything else takes the normal path."""
+    h = _ACTIVE
+    if (h is None or h._schedule is None or level >= logging.ERROR or exc_info or extra
+            or stack_info):
+        return _ORIG_LOG(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+    plain = _PLAIN.get(id(self))
+    if plain is None:
+        plain = _PLAIN[id(self)] = _plain(self)
+    if not plain or (args and not (type(args) is tuple
+                                   and all(type(a) in _IMMUTABLE for a in args))):
+        return _ORIG_LOG(self, level, msg, args, exc_info, extra, stack_info, stacklevel)
+    h.defer_call(self, level, msg, args)
 
 
 def install(level: str, fmt: str) -> DeferredHandler:
@@ -99,4 +154,10 @@ def install(level: str, fmt: str) -> DeferredHandler:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Not even the LogRecord is built inside a callback: plain calls are queued as they are
+    # (the record is made at flush, with the call's timestamp).
+    global _ACTIVE
+    _ACTIVE = handler
+    _PLAIN.clear()
+    logging.Logger._log = _deferred_log
     return handler

@@ -60,3 +60,24 @@ def test_queue_is_bounded():
     for i in range(3):
         log.info("r%d", i)
     assert target.lines == ["r0", "r1", "r2"]
+
+
+def test_install_defers_the_logging_call_itself_with_its_timestamp(capsys):
+    import time
+    h = deferlog.install("INFO", "%(created).3f %(levelname)s %(name)s: %(message)s")
+    try:
+        pending = []
+        h.set_scheduler(pending.append)
+        log = logging.getLogger("vvinstall.pm")
+        t = time.time()
+        log.info("PM: %s -> %s (%d)", "D3hot", "D0", 1)
+        assert h._queue and type(h._queue[0]) is tuple      # no LogRecord built yet
+        assert capsys.readouterr().err == ""
+        pending.pop()()
+        err = capsys.readouterr().err
+        assert "INFO vvinstall.pm: PM: D3hot -> D0 (1)" in err
+        assert abs(float(err.split()[0]) - t) < 0.5
+    finally:
+        logging.Logger._log = deferlog._ORIG_LOG
+        deferlog._ACTIVE = None
+        logging.getLogger().handlers[:] = []

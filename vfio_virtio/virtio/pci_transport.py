@@ -309,7 +309,7 @@ class VirtioPciTransport:
     def on_power_state(self, old: int, new: int) -> None:
         self.core.set_powered(new == P.PCI_D0)
         if self.fast is not None:
-            self.fast.sync()                   # C register image: gating and running
+            self.fast.sync(registers=False)    # C register image: gating and running
 
     def soft_reset(self, reason: str) -> None:
         """The one reset entry point of this layer (driver, device, flr, lost-connection,
