@@ -89,3 +89,27 @@ def test_watchers_see_changes_made_by_the_c_path(gpio):
         d.set_value(5, 1)
         ev = w.wait_for(lambda e: e.get("line") == 5 and e.get("value") == 1, timeout=5.0)
     assert ev["source"] == "guest" and ev["direction"] == "out"
+
+
+def test_d3hot_gating_is_honoured_in_c(gpio):
+    """PCI PM 1.2, 5.3: in D3hot a BAR read returns all ones and a write (here the requestq
+    notify) is dropped; answered in C. Back in D0 (No_Soft_Reset) the queued request is
+    served and the device state is as it was."""
+    d, c = gpio
+    d.set_value(6, 1)
+    d.set_direction(6, OUT)
+    d.drv.set_power_state(3)
+    before = counters(c)
+    cap = d.drv.caps[V.VIRTIO_PCI_CAP_COMMON_CFG]
+    assert d.client.region_read(cap.bar, cap.offset + V.VIRTIO_PCI_COMMON_DF, 4) == b"\xff" * 4
+    head = d.add_request(G.VIRTIO_GPIO_MSG_GET_VALUE, 6)
+    d.drv.irq_pending(d.drv.queue_vectors[REQUESTQ])     # forget earlier interrupts
+    d.drv.kick(REQUESTQ)                                 # dropped: nothing is used
+    assert not d.drv.irq_pending(d.drv.queue_vectors[REQUESTQ])
+    assert d.drv.rings[REQUESTQ].used_idx == d.drv.rings[REQUESTQ].last_used
+    after = counters(c)
+    assert after["python"] == before["python"] and after["chains"] == before["chains"]
+    d.drv.set_power_state(0)
+    d.drv.kick(REQUESTQ)
+    assert d.complete(1)[head] == bytes([OK, 1])
+    assert c.get(6)["direction"] == "out" and c.get(6)["value"] == 1
