@@ -94,6 +94,19 @@ class FastPath:
                 self.sync()
         bar.read, bar.write = read_then_sync, write_then_sync
         device.defer = lambda work: defer(lambda: (work(), self.sync()))
+        # The device's own scans of the requestq (DRIVER_OK, resume) take the C route too.
+        queue_notify = device.queue_notify
+
+        def queue_notify_c_first(index: int) -> None:
+            if index == REQUESTQ and f.serve_requestq and core.running \
+                    and core.queue_ready(REQUESTQ) and not q.broken:
+                self.sync(registers=False)
+                if lib.vv_fast_requestq(f) == 0:
+                    return
+                if f.npend:
+                    self._take_pending()
+            queue_notify(index)
+        device.queue_notify = queue_notify_c_first
         self.sync()
 
     # --- state Python owns, mirrored into C ------------------------------------------------
@@ -133,19 +146,23 @@ class FastPath:
 
     def serve(self, loop, vfu_fd: int, stall_s: float = 5.0) -> int:
         """Serve further vfio-user messages in C, blocking, until the loop has other work
-        (another fd readable, a timer due, a timer or reader added by a callback) or the
-        connection needs Python. Returns vv_fast_serve's code (0, 1 stalled, -1 error)."""
-        fds = [fd for fd in loop.watched_fds() if fd != vfu_fd]
-        t = loop.next_timeout()
-        if t == 0.0 or len(fds) >= 63:
-            return 0
-        ms = -1 if t is None else max(1, int(t * 1000))
+        (another fd readable, a timer due) or the connection needs Python. A callback that
+        adds a timer or a reader ends the C wait; it is re-planned and resumed unless a timer
+        is due now. Returns vv_fast_serve's code (0, 1 stalled, -1 error)."""
         stop = self._stop
-        stop[0] = 0
         loop.on_change = self._on_loop_change
         try:
-            return lib.vv_fast_serve(self.f, vfu_fd, fds, len(fds), ms, int(stall_s * 1000),
-                                     stop)
+            while True:
+                fds = [fd for fd in loop.watched_fds() if fd != vfu_fd]
+                t = loop.next_timeout()
+                if t == 0.0 or len(fds) >= 63:
+                    return 0
+                ms = -1 if t is None else max(1, int(t * 1000))
+                stop[0] = 0
+                rc = lib.vv_fast_serve(self.f, vfu_fd, fds, len(fds), ms,
+                                       int(stall_s * 1000), stop)
+                if rc != 0 or not stop[0] or self.fn.ctx.poll_fd != vfu_fd:
+                    return rc
         finally:
             loop.on_change = None
 
