@@ -17,7 +17,7 @@ import pytest
 
 from vfio_virtio.backends.sim import SimBackend
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.gpio.controller import GpioController
+from vfio_virtio.gpio.controller import GpioController, _Err
 
 REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 SEEDS = range(40)
@@ -138,7 +138,7 @@ def test_differential_catches_a_planted_bug(monkeypatch):
     def planted(self, gpio, value):
         line = self._lines[gpio]
         if value not in (0, 1):
-            raise G and __import__("vfio_virtio.gpio.controller", fromlist=["_Err"])._Err
+            raise _Err
         if line.direction == G.VIRTIO_GPIO_DIRECTION_OUT:
             self.backend.set_value(gpio, value)
             line.value = value

@@ -7,8 +7,6 @@ access entered Python (there was no C path to report).
 """
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from vfio_virtio.backends.control import ControlClient
@@ -17,7 +15,6 @@ from vfio_virtio.testing.gpio_driver import GpioDriver
 from vfio_virtio.virtio import spec as V
 
 REQUESTQ = G.VIRTIO_GPIO_REQUESTQ
-REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 OK = G.VIRTIO_GPIO_STATUS_OK
 OUT, IN = G.VIRTIO_GPIO_DIRECTION_OUT, G.VIRTIO_GPIO_DIRECTION_IN
 
