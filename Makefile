@@ -37,7 +37,7 @@ test-fast: setup-venv
 	@$(PYTEST) -q -m "not hil"
 
 bench: setup
-	@$(PY) -m benchmarks.run
+	@$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 bench-quick: setup
 	@$(PY) -m benchmarks.run --quick

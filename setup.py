@@ -6,7 +6,7 @@ from setuptools import setup
 here = os.path.dirname(os.path.abspath(__file__))
 modules = [
     f"cffi_build/{name}:ffibuilder"
-    for name in ("build_vfu.py", "build_virtq.py")
+    for name in ("build_vfu.py", "build_virtq.py", "build_fast.py")
     if os.path.exists(os.path.join(here, "cffi_build", name))
 ]
 

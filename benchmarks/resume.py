@@ -33,7 +33,7 @@ from .common import round_robin, start_server, stats
 
 FEATURES = DEFAULT_FEATURES | (1 << V.VIRTIO_F_SUSPEND)
 QUEUE_SIZE = 1024            # 512 lines -> 256 held event chains of 2 descriptors each
-ARMS = ("floor", "request", "retention", "reset", "suspend")
+ARMS = ("floor", "request", "retention", "reset", "suspend", "floor_info", "retention_info")
 
 
 def line_plan(n: int) -> list[tuple[int, int, int]]:
@@ -50,11 +50,14 @@ def line_plan(n: int) -> list[tuple[int, int, int]]:
 class ResumeRig:
     """One server + one driver with ``lines`` configured lines."""
 
-    def __init__(self, lines: int, soft_reset: bool, cpu: int = 0) -> None:
+    def __init__(self, lines: int, soft_reset: bool, cpu: int = 0,
+                 log_level: str | None = None) -> None:
         self.lines = lines
         self.plan = line_plan(lines)
+        extra = ("--log-level", log_level) if log_level else ()
         self.srv = start_server("--lines", str(lines), "--queue-size", str(QUEUE_SIZE),
-                                "--soft-reset" if soft_reset else "--no-soft-reset", cpu=cpu)
+                                "--soft-reset" if soft_reset else "--no-soft-reset", *extra,
+                                cpu=cpu)
         try:
             self.gd = GpioDriver.open(self.srv.socket, features=FEATURES, bring_up=False)
             self.drv, self.client, self.mem = self.gd.drv, self.gd.client, self.gd.mem
@@ -204,9 +207,17 @@ def run_lines(lines: int, n: int, n_reset: int, warmup_s: float = 0.2, cpu: int 
         keep.close()
         raise
     try:
+        # the server as an operator runs it: default log level (INFO)
+        info = ResumeRig(lines, soft_reset=False, cpu=cpu, log_level="info")
+    except BaseException:
+        keep.close()
+        reset.close()
+        raise
+    try:
         arms = {"floor": keep.sample_floor, "request": keep.sample_request,
                 "retention": keep.sample_retention, "reset": reset.sample_reset,
-                "suspend": keep.sample_suspend}
+                "suspend": keep.sample_suspend, "floor_info": info.sample_floor,
+                "retention_info": info.sample_retention}
         counts = {k: (n_reset if k == "reset" else n) for k in arms}
         raw = round_robin(arms, counts, block=10, warmup_s=warmup_s)
         out: dict = {"lines": lines, "arms": {}}
@@ -222,10 +233,15 @@ def run_lines(lines: int, n: int, n_reset: int, warmup_s: float = 0.2, cpu: int 
             "retention_d0_over_floor": (a["retention"]["components"]["d0_write"]["median_us"]
                                         / a["floor"]["median_us"]),
             "suspend_over_retention": a["suspend"]["median_us"] / a["retention"]["median_us"],
+            # issue 15 target: <= 1.3 with the server at its default log level
+            "retention_d0_info_over_floor_info": (
+                a["retention_info"]["components"]["d0_write"]["median_us"]
+                / a["floor_info"]["median_us"]),
         }
         out["verified"] = {"retention": keep.verify(), "reset": reset.verify()}
         return out
     finally:
+        info.close()
         reset.close()
         keep.close()
 
@@ -242,7 +258,9 @@ def run(line_counts: list[int], quick: bool = False, cpu: int = 0, log=print) ->
         log(f"resume lines={lines:4d}: floor {a['floor']['median_us']:.1f} us, retention "
             f"{a['retention']['median_us']:.1f} us, reset {a['reset']['median_us']:.1f} us "
             f"(x{r['ratios']['reset_over_retention']:.1f}), suspend "
-            f"{a['suspend']['median_us']:.1f} us  [{time.monotonic() - t0:.1f} s]")
+            f"{a['suspend']['median_us']:.1f} us; at INFO: D0 write "
+            f"x{r['ratios']['retention_d0_info_over_floor_info']:.2f} the floor"
+            f"  [{time.monotonic() - t0:.1f} s]")
         for name, v in r["verified"].items():
             if not v["ok"]:
                 log(f"  WARNING: {name} device not in the configured state: {v['problems']}")

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                     choices=("resume", "request", "ring", "guest"),
                     help="leave a benchmark out (the guest one never runs with --quick)")
     ap.add_argument("--guest-cycles", type=int, default=5, help="suspend cycles per arm")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="write this run's figures into README.md and docs/BENCHMARKS.md "
+                         "(the generated block, benchmarks/figures.py)")
     args = ap.parse_args(argv)
     if args.cpu < 0 or args.cpu not in os.sched_getaffinity(0):
         ap.error(f"--cpu {args.cpu} is not available to this process")
@@ -144,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(paths["summary.md"]) as f:
         print(f.read())
     print(f"results in {outdir} ({res['meta']['seconds']:.0f} s)")
+    if args.update_docs:
+        from benchmarks import figures
+        for p in figures.update_docs(res):
+            print(f"updated {p}")
     bad = [r["lines"] for r in res.get("resume", {}).get("by_lines", [])
            if not all(v["ok"] for v in r["verified"].values())]
     if bad:

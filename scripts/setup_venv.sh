@@ -15,7 +15,7 @@ if [[ -x .venv/bin/python && -f $stamp && "$(cat $stamp)" == "$inputs" ]]; then
 fi
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
 .venv/bin/pip install -q --upgrade pip setuptools wheel cffi >/dev/null
-rm -f vfio_virtio/_vfu*.so vfio_virtio/_virtq*.so   # no stale in-place builds shadowing pip's
+rm -f vfio_virtio/_vfu*.so vfio_virtio/_virtq*.so vfio_virtio/_fast*.so   # no stale in-place builds shadowing pip's
 vv_log "installing the project (builds the cffi extensions)"
 .venv/bin/pip install -q -e ".[test,bench,gpiod]" || vv_die "pip install -e . failed"
 echo "$inputs" >"$stamp"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the non-guest test suite (-m "not hil") against an AddressSanitizer + UBSan build of
-# the C ring fast path (vfio_virtio._virtq), in every Python process the tests start
+# the C ring fast path (vfio_virtio._virtq) and the C request path (vfio_virtio._fast), in
+# every Python process the tests start
 # (pytest itself and each server process, which inherit the environment).
 #
 # The sanitized extension is built from a private copy of the builder and its C sources into
@@ -26,9 +27,18 @@ cp cffi_build/csrc/vv_dma.h cffi_build/csrc/virtq.h cffi_build/csrc/virtq.c "$tm
 cp vfio_virtio/_buildid.py "$tmp/src/vfio_virtio/"
 VV_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g" \
     "$py" "$tmp/src/cffi_build/build_virtq.py" "$tmp/site/asan" >/dev/null
+cp cffi_build/build_fast.py cffi_build/build_vfu.py "$tmp/src/cffi_build/"
+mkdir -p "$tmp/src/scripts" && cp scripts/libvfio-user.sha256 "$tmp/src/scripts/"   # build_vfu
+cp cffi_build/csrc/gpio_lines.h cffi_build/csrc/gpio_lines.c cffi_build/csrc/fastpath.h \
+   cffi_build/csrc/fastpath.c "$tmp/src/cffi_build/csrc/"
+VV_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g" \
+    "$py" "$tmp/src/cffi_build/build_fast.py" "$tmp/site/asan" >/dev/null
 so=$(ls "$tmp"/site/asan/_virtq*.so | head -1)
-[[ -f $so ]] || { echo "test_asan: no sanitized extension built" >&2; exit 1; }
-readelf -d "$so" | grep -q 'NEEDED.*libasan' || { echo "test_asan: $so is not linked with libasan" >&2; exit 1; }
+fso=$(ls "$tmp"/site/asan/_fast*.so | head -1)
+[[ -f $so && -f $fso ]] || { echo "test_asan: no sanitized extension built" >&2; exit 1; }
+for f in "$so" "$fso"; do
+    readelf -d "$f" | grep -q 'NEEDED.*libasan' || { echo "test_asan: $f is not linked with libasan" >&2; exit 1; }
+done
 
 # 2. sitecustomize: make the sanitized build *the* vfio_virtio._virtq in every process
 cat >"$tmp/site/sitecustomize.py" <<EOF
@@ -40,6 +50,10 @@ _spec = _u.spec_from_file_location("vfio_virtio._virtq", "$so")
 _mod = _u.module_from_spec(_spec)
 _spec.loader.exec_module(_mod)
 _s.modules["vfio_virtio._virtq"] = _mod
+_spec = _u.spec_from_file_location("vfio_virtio._fast", "$fso")
+_mod = _u.module_from_spec(_spec)
+_spec.loader.exec_module(_mod)
+_s.modules["vfio_virtio._fast"] = _mod
 EOF
 
 libasan=$(gcc -print-file-name=libasan.so)
@@ -59,6 +73,12 @@ if [[ $got != "$so" ]]; then
     exit 1
 fi
 echo "test_asan: sanitized vfio_virtio._virtq = $got"
+gotf=$("$py" -c 'import vfio_virtio.gpio.lines_c, vfio_virtio._fast as m; print(m.__file__)')
+if [[ $gotf != "$fso" ]]; then
+    echo "test_asan: imported $gotf, expected the sanitized $fso" >&2
+    exit 1
+fi
+echo "test_asan: sanitized vfio_virtio._fast = $gotf"
 echo "test_asan: LD_PRELOAD=$LD_PRELOAD ASAN_OPTIONS=$ASAN_OPTIONS"
 
 # 4. the suite (server processes inherit PYTHONPATH/LD_PRELOAD and load the same module)

@@ -12,6 +12,7 @@ import signal
 import stat
 import sys
 
+from . import deferlog
 from .gpio.names import parse_names_arg, parse_names_file
 from .handover import start_server
 from .server import ServerConfig, ServerError
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "in BAR0 (see docs/MMIO.md)")
     p.add_argument("--ring", choices=("c", "py"), default=None,
                    help="virtqueue implementation (default c)")
+    p.add_argument("--fast", choices=("on", "off"), default="on",
+                   help="serve BAR0 hot registers and the requestq in C (default on; "
+                        "off: every access through Python, the reference path)")
     p.add_argument("--queue-size", type=_queue_size, default=256,
                    help="maximum virtqueue size (power of two, default 256)")
     p.add_argument("--ready-fd", type=_positive(0, 65535), default=None, metavar="FD",
@@ -132,7 +136,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         keep_lines_on_disconnect=not args.reset_lines_on_disconnect,
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
                         restore=args.restore, transport=args.transport, snapshot=args.snapshot,
-                        handover=args.handover, take_over=args.take_over)
+                        handover=args.handover, take_over=args.take_over,
+                        fast=args.fast == "on")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Records are written after the reply that caused them (deferlog), not inside it.
+    logh = deferlog.install(args.log_level.upper(),
+                            "%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
     except (ValueError, OSError) as e:
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vfio-virtio-gpio: error: {e}", file=sys.stderr)
         return 1
     rc = 0
+    logh.set_scheduler(lambda fn: server.loop.call_later(deferlog.FLUSH_DELAY, fn))
     try:
         server.install_signals()
         server.announce()
@@ -168,4 +175,5 @@ def main(argv: list[str] | None = None) -> int:
             rc = 1
         finally:
             server.close()                  # socket and lock go, whatever happened
+            logh.set_scheduler(None)
     return rc

@@ -22,9 +22,14 @@ class Loop:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._stopping = False
+        #: called whenever a timer or reader is added or removed (a caller waiting outside
+        #: this loop, e.g. the C serve loop of gpio/fastpath.py, must come back)
+        self.on_change: Callable[[], None] | None = None
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever ``fd`` is readable. Replaces an existing reader."""
+        if self.on_change is not None:
+            self.on_change()
         try:
             self._sel.modify(fd, selectors.EVENT_READ, callback)
         except KeyError:
@@ -32,6 +37,8 @@ class Loop:
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd``; a no-op if it was not watched."""
+        if self.on_change is not None:
+            self.on_change()
         try:
             self._sel.unregister(fd)
         except (KeyError, ValueError):
@@ -39,6 +46,8 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> int:
         """Run ``callback()`` once after ``delay`` seconds; returns a handle for cancel()."""
+        if self.on_change is not None:
+            self.on_change()
         self._seq += 1
         self._timers.append((time.monotonic() + delay, self._seq, callback))
         self._timers.sort()
@@ -46,6 +55,16 @@ class Loop:
 
     def cancel(self, handle: int) -> None:
         self._timers = [t for t in self._timers if t[1] != handle]
+
+    def watched_fds(self) -> list[int]:
+        """Every fd with a reader."""
+        return [key.fd for key in self._sel.get_map().values()]
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the earliest timer is due (0 if overdue), None without timers."""
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
 
     def stop(self) -> None:
         """Make run() return after the current iteration."""

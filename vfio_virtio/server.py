@@ -114,6 +114,7 @@ class ServerConfig:
     snapshot: str | None = None         # saved on SIGUSR1 and at exit
     handover: str | None = None         # listen here for a successor (vfio_virtio.handover)
     take_over: str | None = None        # continue the server listening for one here
+    fast: bool = True                   # BAR0 hot registers and the requestq in C (issue 15)
 
 
 def gpio_ids() -> PciIds:
@@ -240,18 +241,29 @@ class GpioServer:
         self.transport = transport_cls(
             self.function, self.core, len(self.controller.config_bytes()),
             reset_lines_on_disconnect=not cfg.keep_lines_on_disconnect)
+        self.fast = None
+        if cfg.fast and front is None and (cfg.ring or os.environ.get("VFIO_VIRTIO_RING")
+                                           or "c") == "c":
+            from .gpio import fastpath
+            self.fast = fastpath.install(self.function, self.transport, self.core, self.device)
         self.function.realize()
         if os.path.exists(sock):
             os.chmod(sock, 0o600)
         if restore is not None:
             self.load_snapshot(cfg.restore, restore)
+        if self.fast is not None:
+            self.fast.sync()
         self._poll_fd = self.function.ctx.poll_fd
         self.loop.add_reader(self._poll_fd, self._on_vfu)
         bfd = self.backend.fileno()
         if bfd is not None:
             self.loop.add_reader(bfd, self.device.on_backend_events)
-        self.control = ControlServer(cfg.control, self.backend, self.loop) if cfg.control \
-            else None
+        self.control = ControlServer(cfg.control, self.backend, self.loop,
+                                     info=self._info) if cfg.control else None
+
+    def _info(self) -> dict:
+        """Extra fields of the control socket's ``info``: what the C request path served."""
+        return {"fast_path": self.fast.counters() if self.fast is not None else None}
 
     # --- the vfio-user socket -------------------------------------------------------------
 
@@ -297,6 +309,16 @@ class GpioServer:
             # Shut the connection; the library sees EOF.
             log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
             _conn_setopt(self._poll_fd, None)
+        elif self.fast is not None:
+            # further messages are served in C until the loop has other work (issue 15)
+            rc = self.fast.serve(self.loop, self._poll_fd, CLIENT_IO_TIMEOUT)
+            if ctx.poll_fd != self._poll_fd:
+                self.attached = False
+                self._rewatch()
+                log.info("client connection closed; waiting for the next one")
+            elif rc == 1:
+                log.warning("client stalled: dropping it")
+                _conn_setopt(self._poll_fd, None)
 
     def _rewatch(self) -> None:
         self.loop.remove_reader(self._poll_fd)
@@ -402,6 +424,8 @@ class GpioServer:
         self._gate.close()
         self.loop.remove_reader(self._poll_fd)
         self.function.ctx.destroy()
+        if self.fast is not None:
+            self.fast.close()
         for p in (self.socket_path,):
             try:
                 os.unlink(p)

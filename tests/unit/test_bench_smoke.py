@@ -59,7 +59,8 @@ def test_results_json_has_every_arm_with_stats_and_raw_samples(quick_run):
     by = res["resume"]["by_lines"]
     assert [r["lines"] for r in by] == [1, 8]
     for r in by:
-        assert set(r["arms"]) == {"floor", "request", "retention", "reset", "suspend"}
+        assert set(r["arms"]) == {"floor", "request", "retention", "reset", "suspend",
+                                  "floor_info", "retention_info"}   # issue 15: at INFO
         for arm in r["arms"].values():
             assert STAT_KEYS <= arm.keys()
             assert arm["n"] == len(arm["samples_us"]) > 0

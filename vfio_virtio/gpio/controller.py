@@ -103,6 +103,14 @@ class _Line:
                 and self.irq_type == S.VIRTIO_GPIO_IRQ_TYPE_NONE and not self.latched)
 
 
+def _clear(line) -> None:
+    """Back to the reset state, in place (the line may be a view into the C table)."""
+    line.direction = S.VIRTIO_GPIO_DIRECTION_IN
+    line.value = 0
+    line.irq_type = S.VIRTIO_GPIO_IRQ_TYPE_NONE
+    line.latched = False
+
+
 def decode_irq_request(data: bytes, resp_capacity: int) -> int | None:
     """The gpio of an eventq request, or None when the chain is malformed.
 
@@ -139,7 +147,12 @@ class GpioController:
         # sets it to the virtio core's ``running``, which follows the PM capability), never
         # kept here. Alone, the controller always delivers.
         self.gate: Callable[[], bool] = lambda: True
-        self._lines = [_Line() for _ in range(n)]
+        # A backend with a C line table (the sim) shares it: the C request path and this
+        # controller then read and write the same line state (gpio/lines_c.py).
+        table = getattr(backend, "line_table", None)
+        self._lines = list(table.views) if table is not None else [_Line() for _ in range(n)]
+        if table is not None:
+            table.g.names_size = len(self.names_blob)     # names are answered by Python
         self._held: dict[int, Any] = {}
         self._outbox: list[Completion] = []
         backend.reset_lines()
@@ -369,15 +382,16 @@ class GpioController:
                 if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
                     self._disable_irq(gpio)
         else:
-            self._lines = [_Line() for _ in range(self.ngpio)]
             self.backend.reset_lines()
+            for line in self._lines:
+                _clear(line)
         return tokens
 
     def snapshot(self) -> dict:
         """JSON-able state: lines that differ from the reset state, held lines, delivery."""
         lines = {str(g): {"direction": ln.direction, "value": ln.value,
-                          "irq_type": ln.irq_type, "latched": ln.latched}
-                 for g, ln in enumerate(self._lines) if not ln.is_reset()}
+                          "irq_type": ln.irq_type, "latched": bool(ln.latched)}
+                 for g, ln in enumerate(self._lines) if not _Line.is_reset(ln)}
         return {"version": SNAPSHOT_VERSION, "ngpio": self.ngpio, "lines": lines,
                 "held": sorted(self._held), "delivery": self.delivery,
                 "irq_feature": self.irq_feature}
@@ -391,16 +405,20 @@ class GpioController:
         """
         new_lines, held, _delivery, irq_feature = self._parse_state(state)  # gate is derived
         out = self.take_completions()
-        self._lines = new_lines
         self._held = {}
         self.irq_feature = irq_feature
         self.backend.reset_lines()
-        for gpio, line in enumerate(self._lines):
+        for dst in self._lines:
+            _clear(dst)
+        for gpio, line in enumerate(new_lines):
             if line.is_reset():
                 continue
             self.backend.set_direction(gpio, _BACKEND_DIR[line.direction], line.value)
             if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
                 self.backend.set_edge(gpio, _EDGE_FOR_IRQ[line.irq_type])
+            dst = self._lines[gpio]
+            dst.direction, dst.value = line.direction, line.value
+            dst.irq_type, dst.latched = line.irq_type, line.latched
         for gpio, token in sorted(tokens_by_line.items(), key=lambda kv: kv[0]):
             if gpio in held and gpio not in self._held:
                 self._held[gpio] = token

@@ -65,6 +65,8 @@ class VirtioPciTransport(TransportBase):
 
     def __init__(self, fn: PciFunction, core: VirtioCore, device_cfg_size: int,
                  reset_lines_on_disconnect: bool = False) -> None:
+        self.fast = None               # gpio/fastpath.FastPath once BAR0 is served from C
+        self._isr = 0
         super().__init__(fn, core, reset_lines_on_disconnect)
         self.regions = region_table(device_cfg_size, len(core.queues))
         self._handlers = {
@@ -85,6 +87,18 @@ class VirtioPciTransport(TransportBase):
             V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
         self._pci_cfg_window = _PciCfgWindow(self)
         self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
+
+    @property
+    def isr(self) -> int:
+        """ISR status bits; kept in the C register image while the fast path is installed."""
+        return self._isr if self.fast is None else self.fast.isr
+
+    @isr.setter
+    def isr(self, value: int) -> None:
+        if self.fast is None:
+            self._isr = value
+        else:
+            self.fast.isr = value
 
     def _reset_regs(self) -> None:
         super()._reset_regs()
@@ -249,6 +263,14 @@ class VirtioPciTransport(TransportBase):
                 self.fn.trigger_msix(self.config_vector)
         else:
             self.fn.trigger_intx()
+
+    def reset_event(self, event):
+        """The shared half decides and applies; the C register image (when the fast path is
+        installed) is then re-rendered from the registers the reset changed."""
+        outcome = super().reset_event(event)
+        if self.fast is not None:
+            self.fast.sync()
+        return outcome
 
     # --- snapshot -----------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+/* gpio_lines.c: virtio-gpio requestq rules over the C line table. See gpio_lines.h.
+ * Any change to a rule here must be made in vfio_virtio/gpio/controller.py too (and the
+ * other way round): tests/unit/test_gpio_differential.py compares the two. */
+#include <endian.h>
+#include <string.h>
+#include <unistd.h>
+#include "gpio_lines.h"
+
+void vv_gpio_mark_changed(struct vv_gpio *g, uint32_t line)
+{
+    struct vv_gpio_line *l = &g->lines[line];
+
+    if (l->changed)
+        return;
+    l->changed = 1;
+    if (g->nchanged < g->ngpio)
+        g->changed_list[g->nchanged++] = line;
+    if (g->nchanged == 1 && g->notify_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(g->notify_fd, &one, sizeof(one));
+        (void)r;                   /* EAGAIN: the counter is already non-zero */
+    }
+}
+
+/* Set the direction the way SimBackend.set_direction does (value: driven for OUT). */
+static void set_direction(struct vv_gpio *g, uint32_t gpio, uint8_t dir)
+{
+    struct vv_gpio_line *l = &g->lines[gpio];
+    uint8_t bdir = l->direction, bval = vv_gpio_visible(l);
+
+    l->direction = dir;
+    if (bdir != dir || bval != vv_gpio_visible(l))
+        vv_gpio_mark_changed(g, gpio);
+}
+
+static int err(uint32_t resp_cap, uint8_t *resp)
+{
+    uint32_t n = resp_cap < 2 ? resp_cap : 2;
+
+    resp[0] = VIRTIO_GPIO_STATUS_ERR;
+    resp[1] = 0;
+    return (int)n;
+}
+
+static int ok(uint8_t *resp, uint8_t value)
+{
+    resp[0] = VIRTIO_GPIO_STATUS_OK;
+    resp[1] = value;
+    return 2;
+}
+
+int vv_gpio_handle(struct vv_gpio *g, const uint8_t *req, uint32_t req_len,
+                   uint32_t resp_cap, uint8_t *resp)
+{
+    uint16_t type, gpio;
+    uint32_t value;
+    struct vv_gpio_line *l;
+
+    if (req_len != VIRTIO_GPIO_REQUEST_SIZE)
+        return err(resp_cap, resp);
+    memcpy(&type, req, 2);
+    memcpy(&gpio, req + 2, 2);
+    memcpy(&value, req + 4, 4);
+    type = le16toh(type);
+    gpio = le16toh(gpio);
+    value = le32toh(value);
+    if (type == VIRTIO_GPIO_MSG_GET_LINE_NAMES) {
+        if (g->names_size == 0 || resp_cap != 1 + g->names_size)
+            return err(resp_cap, resp);
+        return VV_GPIO_PYTHON;
+    }
+    if (resp_cap != VIRTIO_GPIO_RESPONSE_SIZE || gpio >= g->ngpio)
+        return err(resp_cap, resp);
+    l = &g->lines[gpio];
+    switch (type) {
+    case VIRTIO_GPIO_MSG_GET_DIRECTION:
+        return ok(resp, l->direction);
+    case VIRTIO_GPIO_MSG_SET_DIRECTION:
+        if (value != VIRTIO_GPIO_DIRECTION_NONE && value != VIRTIO_GPIO_DIRECTION_OUT
+            && value != VIRTIO_GPIO_DIRECTION_IN)
+            return err(resp_cap, resp);
+        if (value == VIRTIO_GPIO_DIRECTION_NONE) {
+            if (l->irq_type != VIRTIO_GPIO_IRQ_TYPE_NONE)
+                return VV_GPIO_PYTHON;      /* disables the irq: a held buffer completes */
+            l->latched = 0;
+            set_direction(g, gpio, VIRTIO_GPIO_DIRECTION_NONE);
+            l->value = 0;                   /* NONE discards the line's state (5.17.6) */
+            return ok(resp, 0);
+        }
+        if (value == VIRTIO_GPIO_DIRECTION_OUT && l->irq_type != VIRTIO_GPIO_IRQ_TYPE_NONE)
+            return err(resp_cap, resp);     /* an output cannot interrupt */
+        set_direction(g, gpio, (uint8_t)value);
+        return ok(resp, 0);
+    case VIRTIO_GPIO_MSG_GET_VALUE:
+        return ok(resp, vv_gpio_visible(l) ? 1 : 0);
+    case VIRTIO_GPIO_MSG_SET_VALUE:
+        if (value > 1)
+            return err(resp_cap, resp);
+        if (l->direction == VIRTIO_GPIO_DIRECTION_OUT && l->value != value) {
+            l->value = (uint8_t)value;
+            vv_gpio_mark_changed(g, gpio);
+        }
+        l->value = (uint8_t)value;          /* kept for a later SET_DIRECTION OUT (5.17.6.5) */
+        return ok(resp, 0);
+    case VIRTIO_GPIO_MSG_SET_IRQ_TYPE:
+        return VV_GPIO_PYTHON;
+    default:
+        return err(resp_cap, resp);
+    }
+}
