@@ -14,10 +14,13 @@ import random
 import struct
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vfio_virtio.gpio import spec as G  # noqa: E402
+
 HDR = struct.Struct("<BBBBHHIIIII")      # struct hdr in fuzz_fastpath.c
 OP = struct.Struct("<BBHI")
 DESC = struct.Struct("<QIHH")
-REQ = struct.Struct("<HHI")
+REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 IOVA = 0x1000
 MEM = 0x2000
 DESC_OFF, AVAIL_OFF, USED_OFF, REQ_OFF, RESP_OFF = 0x000, 0x400, 0x600, 0x1000, 0x1800

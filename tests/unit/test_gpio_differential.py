@@ -138,7 +138,7 @@ def test_differential_catches_a_planted_bug(monkeypatch):
     def planted(self, gpio, value):
         line = self._lines[gpio]
         if value not in (0, 1):
-            raise _Err
+            raise _Err("planted: value not 0 or 1")
         if line.direction == G.VIRTIO_GPIO_DIRECTION_OUT:
             self.backend.set_value(gpio, value)
             line.value = value

@@ -29,10 +29,10 @@ import logging
 from ..virtio import spec as V
 from ..virtio.pci_transport import BAR_SIZE
 from .lines_c import ffi, lib
+from .spec import VIRTIO_GPIO_REQUESTQ as REQUESTQ
 
 log = logging.getLogger(__name__)
 
-REQUESTQ = 0
 _REGISTRY: dict[int, "FastPath"] = {}
 
 
