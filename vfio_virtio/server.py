@@ -294,16 +294,8 @@ class GpioServer:
             said = True
         except OSError as e:
             log.error("vfu_run_ctx: %s", e)
-        # Attached or not is whatever libvfio-user's poll fd says: it is the connection while
-        # a client is attached, the listening socket otherwise. vfu_run_ctx can drop the
-        # connection and still return success (a reply to a client that went away: do_reply
-        # resets the context and returns 0), and an error need not mean it dropped it.
-        if ctx.poll_fd != self._poll_fd:
-            self._gate.forget()
-            self.attached = False
-            self._rewatch()
-            if not said:
-                log.info("client connection closed; waiting for the next one")
+        if self._detached(said):
+            pass
         elif time.monotonic() - started >= CLIENT_IO_TIMEOUT:
             # a reply send ran into the timeout: the client does not read its replies.
             # Shut the connection; the library sees EOF.
@@ -312,13 +304,24 @@ class GpioServer:
         elif self.fast is not None:
             # further messages are served in C until the loop has other work (issue 15)
             rc = self.fast.serve(self.loop, self._poll_fd, CLIENT_IO_TIMEOUT)
-            if ctx.poll_fd != self._poll_fd:
-                self.attached = False
-                self._rewatch()
-                log.info("client connection closed; waiting for the next one")
-            elif rc == 1:
+            if not self._detached(False) and rc == 1:
                 log.warning("client stalled: dropping it")
                 _conn_setopt(self._poll_fd, None)
+
+    def _detached(self, said: bool) -> bool:
+        """Whether the client went away (then forget its connection and listen again).
+        Attached or not is whatever libvfio-user's poll fd says: it is the connection while a
+        client is attached, the listening socket otherwise. vfu_run_ctx can drop the
+        connection and still return success (a reply to a client that went away: do_reply
+        resets the context and returns 0), and an error need not mean it dropped it."""
+        if self.function.ctx.poll_fd == self._poll_fd:
+            return False
+        self._gate.forget()                  # the gate's dup of the old connection
+        self.attached = False
+        self._rewatch()
+        if not said:
+            log.info("client connection closed; waiting for the next one")
+        return True
 
     def _rewatch(self) -> None:
         self.loop.remove_reader(self._poll_fd)
