@@ -86,6 +86,7 @@ class VirtioPciTransport:
         self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
         core.irq = self
         fn.listener = self
+        fn.intx_pending = lambda: self.isr != 0     # INTx level: re-signalled while set
 
     def _reset_regs(self) -> None:
         self.dfselect = 0
