@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=("pci", "mmio"), default="pci",
                    help="virtio-pci modern (default) or the virtio-mmio v2 register block "
                    "in BAR0 (see docs/MMIO.md)")
+    p.add_argument("--no-msix", dest="msix", action="store_false",
+                   help="no MSI-X capability: INTx only. QEMU 11.1 aborts when a device "
+                   "with MSI-X is unplugged (device_del); serve a device you will re-plug "
+                   "so (docs/HANDOVER.md)")
     p.add_argument("--ring", choices=("c", "py"), default=None,
                    help="virtqueue implementation (default c)")
     p.add_argument("--fast", choices=("on", "off"), default="on",
@@ -137,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                         ring=args.ring, queue_size=args.queue_size, ready_fd=args.ready_fd,
                         restore=args.restore, transport=args.transport, snapshot=args.snapshot,
                         handover=args.handover, take_over=args.take_over,
-                        fast=args.fast == "on")
+                        fast=args.fast == "on", msix=args.msix)
 
 
 def main(argv: list[str] | None = None) -> int:

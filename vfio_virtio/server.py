@@ -115,6 +115,7 @@ class ServerConfig:
     handover: str | None = None         # listen here for a successor (vfio_virtio.handover)
     take_over: str | None = None        # continue the server listening for one here
     fast: bool = True                   # BAR0 hot registers and the requestq in C (issue 15)
+    msix: bool = True                   # False: INTx only (a device QEMU 11.1 can unplug)
 
 
 def gpio_ids() -> PciIds:
@@ -175,6 +176,7 @@ class GpioServer:
         vfio-user socket there; the caller renames it onto ``cfg.socket``) are given by a
         handover (vfio_virtio.handover); otherwise all are made here."""
         self.cfg = cfg
+        self.msix_vectors = MSIX_VECTORS if cfg.msix else 0
         self.loop = loop or Loop()
         self.attached = False
         self.clients_served = 0
@@ -231,7 +233,7 @@ class GpioServer:
             front, ids = None, gpio_ids()
         old_umask = os.umask(0o077)                 # the socket is created 0600
         try:
-            self.function = PciFunction(sock, ids, self.pm, msix_vectors=MSIX_VECTORS,
+            self.function = PciFunction(sock, ids, self.pm, msix_vectors=self.msix_vectors,
                                         dma=self.dma)
         finally:
             os.umask(old_umask)
@@ -351,7 +353,7 @@ class GpioServer:
             return snapshot_schema.validate(
                 snapshot_schema.read_snapshot(path), ngpio=self.controller.ngpio,
                 transport=self.cfg.transport, nqueues=self.device.num_queues,
-                max_queue_size=self.cfg.queue_size, msix_vectors=MSIX_VECTORS)
+                max_queue_size=self.cfg.queue_size, msix_vectors=self.msix_vectors)
         except snapshot_schema.SnapshotError as e:
             raise ServerError(f"cannot restore snapshot {path}: {e}") from None
 

@@ -118,8 +118,31 @@ int vv_fast_requestq(struct vv_fast *f)
     }
 }
 
+/* PciFunction.reassert_intx: a vfio client deasserts INTx at every BAR access, so after one
+ * served here, signal INTx again while an interrupt is still pending (ISR set, INTx mode). */
+static void reassert_intx(struct vv_fast *f)
+{
+    if (!f->isr || !f->decodes_bars || f->cfg == NULL || msix_enabled(f)
+        || cfg16(f, PCI_COMMAND) & PCI_COMMAND_INTX_DISABLE || f->trigger == NULL)
+        return;
+    f->trigger(f->ctx, 0);
+}
+
+static long access_here(struct vv_fast *f, char *buf, unsigned long count, long long off,
+                        int is_write);
+
 long vv_fast_access(struct vv_fast *f, char *buf, unsigned long count, long long off,
                     int is_write)
+{
+    long r = access_here(f, buf, count, off, is_write);
+
+    if (r != VV_FAST_PYTHON)
+        reassert_intx(f);
+    return r;
+}
+
+static long access_here(struct vv_fast *f, char *buf, unsigned long count, long long off,
+                        int is_write)
 {
     if (count == 0 || count > 8 || off < 0)
         return VV_FAST_PYTHON;

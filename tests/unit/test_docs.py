@@ -33,6 +33,7 @@ NOT_IN_REPO = {
     "benchmarks/results/*/guest_resume.json",
     "out/corpus/README.md",                                     # make fuzz output
     "docs/specs/pci-ids.rst",                                   # QEMU's source tree
+    "hw/vfio-user/pci.c",                                       # QEMU's source tree
     "virtio_pci_common.c", "drivers/gpio/gpio-virtio.c",        # Linux's source tree
     "drivers/gpio/gpio-sim.c", "kernel/irq/irq_sim.c", "linux/gpio.h",
     "lib/irq.c", "lib/libvfio-user.c", "lib/tran_sock.c",       # libvfio-user's source tree

@@ -9,7 +9,7 @@ import errno
 import logging
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..dma import DmaTable
 from ..vfu import context as vfu
@@ -56,7 +56,9 @@ class _GatedBar:
         if not self.fn.pm.decodes_bars:
             return b"\xff" * count
         self.fn.pm.note_activity()
-        return self.handler.read(offset, count)
+        data = self.handler.read(offset, count)
+        self.fn.reassert_intx()
+        return data
 
     def write(self, offset: int, data: bytes) -> None:
         if not self.fn.pm.decodes_bars:
@@ -64,6 +66,7 @@ class _GatedBar:
             return
         self.fn.pm.note_activity()
         self.handler.write(offset, data)
+        self.fn.reassert_intx()
 
 
 class _ZeroBar:
@@ -77,7 +80,12 @@ class _ZeroBar:
 
 
 class PciFunction:
-    """A PCI Express endpoint served over vfio-user."""
+    """A PCI Express endpoint served over vfio-user.
+
+    ``msix_vectors`` 0 builds the function without MSI-X (no capability, no BAR1): INTx
+    only. QEMU 11.1's vfio-user-pci aborts when a device with MSI-X is unplugged
+    (docs/HANDOVER.md, "Re-plugging"), so a device meant to be re-plugged is served so.
+    """
 
     MSIX_BAR = 1
     MSIX_BAR_SIZE = 0x1000
@@ -85,13 +93,15 @@ class PciFunction:
 
     def __init__(self, socket_path: str, ids: PciIds, pm: PowerManagement,
                  msix_vectors: int, dma: DmaTable | None = None) -> None:
-        if not 1 <= msix_vectors <= 128:
-            raise ValueError(f"msix_vectors must be 1..128, not {msix_vectors}")
+        if not 0 <= msix_vectors <= 128:
+            raise ValueError(f"msix_vectors must be 0..128, not {msix_vectors}")
         self.ids = ids
         self.pm = pm
         self.msix_vectors = msix_vectors
         self.dma = dma if dma is not None else DmaTable()
         self.listener: FunctionListener | None = None
+        # The INTx level as the layer above sees it (virtio: ISR status non-zero), or None.
+        self.intx_pending: Callable[[], bool] | None = None
         self._cb_caps: list[tuple[int, int, BarHandler]] = []   # (offset, size, handler)
         self._bars: dict[int, _GatedBar] = {}
         self.ctx = vfu.Context(socket_path)
@@ -105,12 +115,14 @@ class PciFunction:
         # Config callback first, so capabilities can route to it (docs/FACTS.md, libvfio-user).
         ctx.setup_region(vfu.CFG, S.PCI_CFG_SPACE_EXP_SIZE, _ConfigHandler(self), vfu.REGION_RW)
         pm.offset = ctx.add_capability(pm.cap_bytes(), flags=vfu.CAP_CALLBACK)
-        self._msix_off = ctx.add_capability(self._msix_cap())
+        self._msix_off = ctx.add_capability(self._msix_cap()) if msix_vectors else 0
         ctx.add_capability(self._express_cap())
-        ctx.setup_region(vfu.BAR0 + self.MSIX_BAR, self.MSIX_BAR_SIZE, _ZeroBar(),
-                         vfu.REGION_RW | vfu.REGION_MEM)
+        if msix_vectors:
+            ctx.setup_region(vfu.BAR0 + self.MSIX_BAR, self.MSIX_BAR_SIZE, _ZeroBar(),
+                             vfu.REGION_RW | vfu.REGION_MEM)
         ctx.setup_irqs(vfu.IRQ_INTX, 1)
-        ctx.setup_irqs(vfu.IRQ_MSIX, msix_vectors)
+        if msix_vectors:
+            ctx.setup_irqs(vfu.IRQ_MSIX, msix_vectors)
         ctx.setup_reset(self._on_reset)
         ctx.setup_dma(self._on_dma)
         pm.cfg = self.cfg
@@ -163,6 +175,8 @@ class PciFunction:
 
     @property
     def msix_enabled(self) -> bool:
+        if not self._msix_off:
+            return False
         ctrl = struct.unpack_from("<H", self.cfg, self._msix_off + S.PCI_MSIX_FLAGS)[0]
         return bool(ctrl & S.PCI_MSIX_FLAGS_ENABLE)
 
@@ -184,6 +198,15 @@ class PciFunction:
         if not self.pm.decodes_bars or self.msix_enabled or self.intx_disabled:
             return False
         return self.ctx.irq_trigger(0)
+
+    def reassert_intx(self) -> None:
+        """INTx is a level (PCI 3.0 2.2.6), signalled as an eventfd edge; a vfio client
+        deasserts it at every BAR access (QEMU: vfio_intx_eoi after each region access), so
+        while the layer above still has an interrupt pending, signal it again. Without this
+        an interrupt that arrives just before an unrelated BAR access is lost for good."""
+        pending = self.intx_pending
+        if pending is not None and pending() and not self.msix_enabled:
+            self.trigger_intx()
 
     # --- callbacks from libvfio-user / PM -------------------------------------------------
 
@@ -218,10 +241,11 @@ class PciFunction:
     def _reset_config(self) -> None:
         """A function reset returns MSI-X Enable/Function Mask and Command's Interrupt
         Disable to their reset values (the client re-programs them)."""
-        pos = self._msix_off + S.PCI_MSIX_FLAGS
-        ctrl = struct.unpack_from("<H", self.cfg, pos)[0]
-        ctrl &= ~(S.PCI_MSIX_FLAGS_ENABLE | S.PCI_MSIX_FLAGS_MASKALL)
-        struct.pack_into("<H", self.cfg, pos, ctrl)
+        if self._msix_off:
+            pos = self._msix_off + S.PCI_MSIX_FLAGS
+            ctrl = struct.unpack_from("<H", self.cfg, pos)[0]
+            ctrl &= ~(S.PCI_MSIX_FLAGS_ENABLE | S.PCI_MSIX_FLAGS_MASKALL)
+            struct.pack_into("<H", self.cfg, pos, ctrl)
         cmd = struct.unpack_from("<H", self.cfg, S.PCI_COMMAND)[0]
         struct.pack_into("<H", self.cfg, S.PCI_COMMAND, cmd & ~S.PCI_COMMAND_INTX_DISABLE)
 

@@ -87,6 +87,7 @@ class VirtioPciTransport(TransportBase):
             V.VIRTIO_PCI_CAP_PCI_CFG, 0, 0, 0, 0)
         self._pci_cfg_window = _PciCfgWindow(self)
         self.pci_cfg_offset = fn.add_vendor_cap(bytes(self._pci_cfg), handler=self._pci_cfg_window)
+        fn.intx_pending = lambda: self.isr != 0     # INTx level: re-signalled while set
 
     @property
     def isr(self) -> int:
