@@ -129,14 +129,17 @@ def test_suspend_cycle_resets_through_virtio_mmio(rig):
     m = rig.m
     hold_output(m, 3, 1)
     wait_host(rig, 3, direction="out", value=1)
-    log_mark = len(open(rig.srv.log_path).read())
+    log_mark = rig.srv.log_size()
     res = guest_pm.suspend(m, "freeze", "platform")
     assert res.rc == 0, res.output
     plat = {c.callback: c.usecs for c in res.device_calls(rig.addr)}
     pci = {c.callback: c.usecs for c in res.device_calls(rig.pci)}
     assert "platform_pm_suspend" in plat and "platform_pm_resume" in plat, plat
     assert "pci_pm_suspend_noirq" in pci and "pci_pm_resume_noirq" in pci, pci
-    srv_log = open(rig.srv.log_path).read()[log_mark:]
+    rig.srv.wait_log(r"D3hot -> D0 \(No_Soft_Reset=1\)[\s\S]*DRIVER_OK", 5, log_mark)
+    with open(rig.srv.log_path, "rb") as f:
+        f.seek(log_mark)
+        srv_log = f.read().decode(errors="replace")
     d0 = srv_log.find("D3hot -> D0 (No_Soft_Reset=1)")
     assert srv_log.find("D0 -> D3hot") >= 0 and d0 > 0, srv_log
     after = srv_log[d0:]

@@ -6,11 +6,13 @@ one client only). Output goes to a log file whose tail is attached to failures.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,6 +86,30 @@ class ServerProcess:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return "(no server log)"
+
+    def log_size(self) -> int:
+        """Where the log ends now: a ``start`` for :meth:`wait_log`."""
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def wait_log(self, pattern: str, timeout: float = 5.0, start: int = 0) -> re.Match | None:
+        """The first match of regex ``pattern`` in the log after byte ``start``, waiting up to
+        ``timeout`` s for it (the server writes INFO records in batches just after the reply
+        that caused them: vfio_virtio/deferlog.py). None if it never appears."""
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(start)
+                    m = rx.search(f.read().decode(errors="replace"))
+            except OSError:
+                m = None
+            if m is not None or time.monotonic() > end or not self.alive():
+                return m
+            time.sleep(0.02)              # a file has no readiness event to wait on
 
     def __enter__(self) -> "ServerProcess":
         return self.start()
