@@ -25,7 +25,7 @@ setup-guest: setup-system
 	@bash scripts/setup_guest.sh
 
 demo: setup
-	@$(PY) -m vfio_virtio.demo
+	@$(PY) -m vfio_virtio_kit.demo
 
 # The whole suite: unit, client<->server over the socket, hardware-in-loop (QEMU + Linux
 # guest), and the benchmark smoke test.

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, TypeVar
 
 import psutil
 
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.server_proc import ServerProcess
 
 LIBVFIO_USER_BUILD = Path(os.environ.get(
     "LIBVFIO_USER_BUILD", Path.home() / ".cache/vfio-virtio/libvfio-user/current/build"))

@@ -14,9 +14,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from vfio_virtio.testing import guest_pm
-from vfio_virtio.testing.assets import AssetsMissing, find_assets
-from vfio_virtio.testing.rig import Rig
+from vfio_virtio_kit import guest_pm
+from vfio_virtio_kit.assets import AssetsMissing, find_assets
+from vfio_virtio_kit.rig import Rig
 
 
 def _stats(xs: list[int]) -> dict:

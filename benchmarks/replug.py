@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.machine import GuestMachine
+from vfio_virtio_kit.server_proc import ServerProcess
 
 from .common import SERVER_ARGS
 

@@ -32,8 +32,8 @@ import select
 import time
 
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import REQUESTQ, GpioDriver
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit.gpio_driver import REQUESTQ, GpioDriver
+from vfio_virtio_kit.vfio_user import VfioUserClient
 from vfio_virtio.virtio import spec as V
 
 from .common import CSample, no_gc, ratio, round_robin, server_usage, start_server, stats

@@ -19,8 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vfio_virtio.dma import DmaTable  # noqa: E402
-from vfio_virtio.testing.driver_ring import DriverRing  # noqa: E402
-from vfio_virtio.testing.guestmem import GuestMemory  # noqa: E402
+from vfio_virtio_kit.driver_ring import DriverRing  # noqa: E402
+from vfio_virtio_kit.guestmem import GuestMemory  # noqa: E402
 from vfio_virtio.virtio.queue import Virtqueue  # noqa: E402
 
 QUEUE_SIZE = 256

@@ -40,9 +40,9 @@ sys.path.insert(0, TOP)
 import psutil  # noqa: E402
 
 from vfio_virtio.backends.control import ControlClient  # noqa: E402
-from vfio_virtio.testing import vfio_user_spec as U  # noqa: E402
-from vfio_virtio.testing.server_proc import ServerProcess  # noqa: E402
-from vfio_virtio.testing.vfio_user import VfioUserClient, build_header  # noqa: E402
+from vfio_virtio_kit import vfio_user_spec as U  # noqa: E402
+from vfio_virtio_kit.server_proc import ServerProcess  # noqa: E402
+from vfio_virtio_kit.vfio_user import VfioUserClient, build_header  # noqa: E402
 
 SMUGGLED = 0x7777
 PROMPT = 1.5                # control answer bound while a client stalls (deadline is 5 s)

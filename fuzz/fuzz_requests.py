@@ -35,12 +35,12 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 
 from vfio_virtio.backends.sim import SimBackend  # noqa: E402
-from vfio_virtio.gpio import spec as S  # noqa: E402
+from vfio_virtio.gpio import spec as G  # noqa: E402
 from vfio_virtio.gpio.controller import GpioController, decode_irq_request  # noqa: E402
 
 NLINES = 8
 NAMES = ["a", "bb", "", "ddd", "e", "", "g", "h7"]
-ERR = bytes([S.VIRTIO_GPIO_STATUS_ERR, 0])
+ERR = bytes([G.VIRTIO_GPIO_STATUS_ERR, 0])
 OUTCOMES: set[tuple] = set()
 HANG_SECONDS = 5.0
 
@@ -100,7 +100,7 @@ class Model:
     def completions(self, comps) -> None:
         for tok, status in comps:
             check(isinstance(tok, Token), f"completion of a foreign token {tok!r}")
-            check(status in (S.VIRTIO_GPIO_IRQ_STATUS_VALID, S.VIRTIO_GPIO_IRQ_STATUS_INVALID),
+            check(status in (G.VIRTIO_GPIO_IRQ_STATUS_VALID, G.VIRTIO_GPIO_IRQ_STATUS_INVALID),
                   f"irq status {status}")
             check(tok.n not in self.completed and tok.n not in self.dropped,
                   f"token {tok.n} completed twice")
@@ -117,8 +117,8 @@ class Model:
             check(resp == ERR[:max(0, min(cap, 2))], f"short/long request answered {resp!r}")
             OUTCOMES.add(("badlen", len(resp)))
             return
-        mtype, gpio, value = struct.unpack(S.VIRTIO_GPIO_REQUEST_FMT, req)
-        if mtype == S.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
+        mtype, gpio, value = struct.unpack(G.VIRTIO_GPIO_REQUEST_FMT, req)
+        if mtype == G.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
             blob = ctl.names_blob
             if blob and cap == 1 + len(blob):
                 check(resp == b"\0" + blob, "names reply")
@@ -131,14 +131,14 @@ class Model:
             OUTCOMES.add(("badcap", min(mtype, 8), len(resp)))
             return
         check(len(resp) == 2 and resp[0] in (0, 1), f"reply {resp!r}")
-        if resp[0] == S.VIRTIO_GPIO_STATUS_ERR:
+        if resp[0] == G.VIRTIO_GPIO_STATUS_ERR:
             check(resp[1] == 0, "ERR with a value")
         else:
             check(gpio < ctl.ngpio, "OK for a line that does not exist")
             check(mtype in (2, 3, 4, 5, 6), f"OK for unknown type {mtype}")
-            if mtype == S.VIRTIO_GPIO_MSG_GET_DIRECTION:
-                check(resp[1] in S.DIRECTIONS, "direction value")
-            elif mtype == S.VIRTIO_GPIO_MSG_GET_VALUE:
+            if mtype == G.VIRTIO_GPIO_MSG_GET_DIRECTION:
+                check(resp[1] in G.DIRECTIONS, "direction value")
+            elif mtype == G.VIRTIO_GPIO_MSG_GET_VALUE:
                 check(resp[1] in (0, 1), "line value")
             else:
                 check(resp[1] == 0, "SET_* reply value not 0")
@@ -152,7 +152,7 @@ class Model:
                   f"line {g} holds a buffer without an interrupt enabled")
         for key, ln in lines.items():
             host = self.backend.get_line(int(key))
-            if ln["direction"] == S.VIRTIO_GPIO_DIRECTION_OUT:
+            if ln["direction"] == G.VIRTIO_GPIO_DIRECTION_OUT:
                 check(host["direction"] == "out" and host["value"] == ln["value"],
                       f"line {key}: controller {ln} host {host}")
         held = {self.ctl.held_token(g).n for g in self.ctl.held_lines()}
@@ -167,7 +167,7 @@ def request_bytes(r: Reader) -> tuple[bytes, int]:
     mtype = r.u8() % 9 if shape & 1 else r.u16()
     gpio = r.u8() % (NLINES + 2) if shape & 2 else r.u16()
     value = r.u8() % 10 if shape & 4 else struct.unpack("<I", r.take(4))[0]
-    req = struct.pack(S.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
+    req = struct.pack(G.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
     if shape & 0x30 == 0x30:
         req = r.take(r.u8() % 24)
     caps = (2, 2, 2, 0, 1, 3, 1 + len(NAMES_BLOB_HINT), 0xFFFFFFFF)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.server_proc import ServerProcess
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def server(server_factory):
 
 @pytest.fixture
 def client(server):
-    from vfio_virtio.testing.vfio_user import VfioUserClient
+    from vfio_virtio_kit.vfio_user import VfioUserClient
     c = VfioUserClient(server.socket)
     yield c
     c.close()

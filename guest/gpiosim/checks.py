@@ -25,8 +25,8 @@ from simchip import Sampler, SimChip  # noqa: E402
 from vfio_virtio.backends import gpio_uapi as U  # noqa: E402
 from vfio_virtio.backends.control import ControlClient, ControlError  # noqa: E402
 from vfio_virtio.gpio import spec as G  # noqa: E402
-from vfio_virtio.testing.gpio_driver import GpioDriver  # noqa: E402
-from vfio_virtio.testing.server_proc import ServerProcess  # noqa: E402
+from vfio_virtio_kit.gpio_driver import GpioDriver  # noqa: E402
+from vfio_virtio_kit.server_proc import ServerProcess  # noqa: E402
 
 NAMES = ["led0", "relay", "btn", "rise", "fall", "both", "hi", "lo"]
 OUT, IN_, RISE, FALL, BOTH, HI, LO = 1, 2, 3, 4, 5, 6, 7

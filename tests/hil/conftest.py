@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vfio_virtio.testing.assets import GuestAssets, find_assets, libvfio_user_sample
+from vfio_virtio_kit.assets import GuestAssets, find_assets, libvfio_user_sample
 
 
 @pytest.fixture(scope="session")

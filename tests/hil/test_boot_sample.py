@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from vfio_virtio.testing.assets import GuestAssets
-from vfio_virtio.testing.machine import GuestError, GuestMachine
+from vfio_virtio_kit.assets import GuestAssets
+from vfio_virtio_kit.machine import GuestError, GuestMachine
 
 pytestmark = pytest.mark.hil
 

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from vfio_virtio.testing.assets import cache_dir, find_assets
-from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.rig import record
-from vfio_virtio.testing.server_proc import TOP
+from vfio_virtio_kit.assets import cache_dir, find_assets
+from vfio_virtio_kit.machine import GuestMachine
+from vfio_virtio_kit.rig import record
+from vfio_virtio_kit.server_proc import TOP
 
 pytestmark = pytest.mark.hil
 

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from vfio_virtio.testing import guest_pm
-from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.rig import Rig, hold_output, record, release_output, wait_host
+from vfio_virtio_kit import guest_pm
+from vfio_virtio_kit.machine import GuestMachine
+from vfio_virtio_kit.rig import Rig, hold_output, record, release_output, wait_host
 
 pytestmark = pytest.mark.hil
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.hil.test_guest_gpio import *  # noqa: F401,F403 - the tests, collected here
 from tests.hil.test_guest_gpio import NAMES
-from vfio_virtio.testing.rig import Rig
+from vfio_virtio_kit.rig import Rig
 
 pytestmark = pytest.mark.hil
 

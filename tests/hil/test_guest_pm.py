@@ -1,4 +1,4 @@
-"""Hardware-in-loop: the guest power-management scenarios of vfio_virtio.testing.guest_pm,
+"""Hardware-in-loop: the guest power-management scenarios of vfio_virtio_kit.guest_pm,
 checked against libvfio-user's C sample `gpio-pci-idio-16` over vfio-user-pci.
 
 They guard the rig the resume-latency work relies on: every sleep path reaches the PCI noirq
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vfio_virtio.testing import guest_pm
-from vfio_virtio.testing.machine import GuestMachine
+from vfio_virtio_kit import guest_pm
+from vfio_virtio_kit.machine import GuestMachine
 
 pytestmark = pytest.mark.hil
 

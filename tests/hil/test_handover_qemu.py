@@ -12,9 +12,9 @@ import types
 
 import pytest
 
-from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.rig import Rig, hold_output, record, wait_host
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.machine import GuestMachine
+from vfio_virtio_kit.rig import Rig, hold_output, record, wait_host
+from vfio_virtio_kit.server_proc import ServerProcess
 from vfio_virtio.backends.control import ControlClient
 
 pytestmark = pytest.mark.hil

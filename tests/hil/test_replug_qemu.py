@@ -15,9 +15,9 @@ import types
 import pytest
 
 from vfio_virtio.backends.control import ControlClient
-from vfio_virtio.testing.machine import GuestMachine
-from vfio_virtio.testing.rig import record, wait_host
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.machine import GuestMachine
+from vfio_virtio_kit.rig import record, wait_host
+from vfio_virtio_kit.server_proc import ServerProcess
 
 pytestmark = pytest.mark.hil
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.inproc import InProcessServer, LocalClient
-from vfio_virtio.testing.virtio_mmio import VirtioMmioDriver
-from vfio_virtio.testing.virtio_pci import VirtioPciDriver
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.inproc import InProcessServer, LocalClient
+from vfio_virtio_kit.virtio_mmio import VirtioMmioDriver
+from vfio_virtio_kit.virtio_pci import VirtioPciDriver
 from vfio_virtio.virtio import mmio_spec as M
 from vfio_virtio.virtio import spec as V
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from vfio_virtio.dma import PROT_READ, PROT_WRITE, DmaTable
-from vfio_virtio.testing.driver_ring import DriverRing
-from vfio_virtio.testing.guestmem import GuestMemory
+from vfio_virtio_kit.driver_ring import DriverRing
+from vfio_virtio_kit.guestmem import GuestMemory
 from vfio_virtio.virtio.queue import Virtqueue
 
 MEM_IOVA = 0x100000

@@ -12,16 +12,16 @@ import struct
 import pytest
 
 from vfio_virtio.backends.sim import SimBackend
-from vfio_virtio.gpio import spec as S
+from vfio_virtio.gpio import spec as G
 from vfio_virtio.gpio.controller import GpioController
 
 LOGGER = "vfio_virtio.gpio.controller"
-ERR2 = bytes([S.VIRTIO_GPIO_STATUS_ERR, 0])
-M = S
+ERR2 = bytes([G.VIRTIO_GPIO_STATUS_ERR, 0])
+M = G
 
 
 def req(mtype: int, gpio: int = 0, value: int = 0) -> bytes:
-    return struct.pack(S.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
+    return struct.pack(G.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
 
 
 def make(names=None, irq=True) -> GpioController:

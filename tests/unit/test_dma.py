@@ -9,7 +9,7 @@ import pytest
 from vfio_virtio import _buildid
 from vfio_virtio.dma import MAX_REGIONS, PROT_READ, PROT_WRITE, VIRTQ_SOURCES, DmaTable, \
     ffi, lib
-from vfio_virtio.testing.guestmem import GuestMemory
+from vfio_virtio_kit.guestmem import GuestMemory
 
 U64 = (1 << 64) - 1
 

@@ -12,20 +12,20 @@ import struct
 import pytest
 
 from vfio_virtio.backends.sim import SimBackend
-from vfio_virtio.gpio import spec as S
+from vfio_virtio.gpio import spec as G
 from vfio_virtio.gpio.controller import GpioController, decode_irq_request
 
-OK, ERR = S.VIRTIO_GPIO_STATUS_OK, S.VIRTIO_GPIO_STATUS_ERR
-VALID, INVALID = S.VIRTIO_GPIO_IRQ_STATUS_VALID, S.VIRTIO_GPIO_IRQ_STATUS_INVALID
-OUT, IN, NONE = S.VIRTIO_GPIO_DIRECTION_OUT, S.VIRTIO_GPIO_DIRECTION_IN, \
-    S.VIRTIO_GPIO_DIRECTION_NONE
-RISING, FALLING, BOTH = (S.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING, S.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING,
-                         S.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH)
-HIGH, LOW = S.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH, S.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW
+OK, ERR = G.VIRTIO_GPIO_STATUS_OK, G.VIRTIO_GPIO_STATUS_ERR
+VALID, INVALID = G.VIRTIO_GPIO_IRQ_STATUS_VALID, G.VIRTIO_GPIO_IRQ_STATUS_INVALID
+OUT, IN, NONE = G.VIRTIO_GPIO_DIRECTION_OUT, G.VIRTIO_GPIO_DIRECTION_IN, \
+    G.VIRTIO_GPIO_DIRECTION_NONE
+RISING, FALLING, BOTH = (G.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING, G.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING,
+                         G.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH)
+HIGH, LOW = G.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH, G.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW
 
 
 def req(mtype: int, gpio: int = 0, value: int = 0) -> bytes:
-    return struct.pack(S.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
+    return struct.pack(G.VIRTIO_GPIO_REQUEST_FMT, mtype, gpio, value)
 
 
 class Dev:
@@ -47,7 +47,7 @@ class Dev:
         return v
 
     def enable(self, gpio: int, irq_type: int) -> None:
-        self.ok(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, gpio, irq_type)
+        self.ok(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, gpio, irq_type)
 
     def events(self) -> list:
         return self.c.process_events()
@@ -67,25 +67,25 @@ def test_config_layout_ngpio_and_names_size():
     blob = b"MMC-CD\0\0\0\0\0Red LED Vdd\0\0ethernet reset\0\0\0"  # the spec's example
     assert d.c.names_blob == blob
     assert d.c.config_bytes() == struct.pack("<HxxI", 10, len(blob))
-    out = d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1 + len(blob))
+    out = d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1 + len(blob))
     assert out == bytes([OK]) + blob  # used length exactly 1 + gpio_names_size
 
 
 def test_get_line_names_wrong_buffer_size_is_err():
     d = Dev(2, ["a", "b"])
     n = d.c.gpio_names_size
-    assert d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), n) == bytes([ERR, 0])
-    assert d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), n + 2) == bytes([ERR, 0])
-    assert d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1) == bytes([ERR])
-    assert d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 0) == b""
+    assert d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), n) == bytes([ERR, 0])
+    assert d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), n + 2) == bytes([ERR, 0])
+    assert d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1) == bytes([ERR])
+    assert d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 0) == b""
 
 
 def test_no_names_means_size_zero_and_get_names_err(dev):
     # 5.17.4: gpio_names_size is 0 if the device doesn't support names
     assert dev.c.gpio_names_size == 0
     assert dev.c.config_bytes() == struct.pack("<HxxI", 8, 0)
-    assert dev.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1) == bytes([ERR])
-    assert dev.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 2) == bytes([ERR, 0])
+    assert dev.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1) == bytes([ERR])
+    assert dev.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 2) == bytes([ERR, 0])
 
 
 # ---- malformed requests: ERR, never an exception (5.17.6 device requirements) ----------
@@ -109,9 +109,9 @@ def test_request_of_wrong_size_is_err(dev, size):
 
 @pytest.mark.parametrize("cap", [0, 1, 3, 64])
 def test_response_buffer_of_wrong_size_is_err_and_not_executed(dev, cap):
-    out = dev.c.handle(req(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT), cap)
+    out = dev.c.handle(req(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT), cap)
     assert out == bytes([ERR, 0])[:cap]
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN  # not executed
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN  # not executed
 
 
 def test_fuzz_random_requests_never_raise():
@@ -132,61 +132,61 @@ def test_fuzz_random_requests_never_raise():
 # ---- directions and values (5.17.6.2 - 5.17.6.5) ------------------------------------------
 
 def test_reset_state_is_input_and_directions_round_trip(dev):
-    assert [dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, g) for g in range(8)] == [IN] * 8
+    assert [dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, g) for g in range(8)] == [IN] * 8
     for d in (OUT, NONE, IN):
-        assert dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 3, d) == 0
-        assert dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 3) == d
+        assert dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 3, d) == 0
+        assert dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 3) == d
 
 
 @pytest.mark.parametrize("bad", [3, 4, 0x100, 0xFFFFFFFF])
 def test_bad_direction_is_err(dev, bad):
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, bad) == (ERR, 0)
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, bad) == (ERR, 0)
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN
 
 
 @pytest.mark.parametrize("bad", [2, 0x100, 0xFFFFFFFF])
 def test_bad_value_is_err(dev, bad):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_VALUE, 0, bad) == (ERR, 0)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, bad) == (ERR, 0)
     assert dev.sim.get_line(0)["value"] == 0
 
 
 def test_value_set_before_output_is_driven_when_line_becomes_output(dev):
     # 5.17.6.5: "may get configured to output later, at which point this output value must
     # be used"
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 2, 1)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 2, 1)
     assert dev.sim.get_line(2)["direction"] == "in"  # nothing driven yet
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 2) == 0  # input reads the (low) pin
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 2, OUT)
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 2) == 0  # input reads the (low) pin
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 2, OUT)
     assert (dev.sim.get_line(2)["direction"], dev.sim.get_line(2)["value"]) == ("out", 1)
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 2) == 1
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 2) == 1
 
 
 def test_output_without_value_drives_low_and_set_value_drives(dev):
     dev.sim.set_input(1, 1)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
     assert dev.sim.get_line(1)["value"] == 0
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 1, 1)
-    assert dev.sim.get_line(1)["value"] == 1 and dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 1) == 1
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 1, 0)
-    assert dev.sim.get_line(1)["value"] == 0 and dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 1) == 0
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 1)
+    assert dev.sim.get_line(1)["value"] == 1 and dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 1) == 1
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 0)
+    assert dev.sim.get_line(1)["value"] == 0 and dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 1) == 0
 
 
 def test_get_value_of_input_reads_host_level(dev):
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 0
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 0
     dev.sim.set_input(5, 1)
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 1
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 5, OUT)  # output: the driven value wins
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 0
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 1
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 5, OUT)  # output: the driven value wins
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_VALUE, 5) == 0
 
 
 def test_direction_none_discards_line_state(dev):
     # 5.17.6: "MUST discard all state information ... once ... direction NONE"
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, NONE)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, NONE)
     assert dev.sim.get_line(0)["direction"] == "none"
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
     assert dev.sim.get_line(0)["value"] == 0  # the remembered 1 is gone
 
 
@@ -194,10 +194,10 @@ def test_direction_none_disables_irq_and_returns_buffer_invalid(dev):
     dev.enable(4, BOTH)
     tok = object()
     assert dev.c.queue_irq(4, tok) == []
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 4, NONE)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 4, NONE)
     assert dev.c.take_completions() == [(tok, INVALID)]
     dev.sim.set_input(4, 1)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 4, IN)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 4, IN)
     assert dev.events() == []
     assert dev.c.queue_irq(4, object())[0][1] == INVALID  # irq type is NONE again
 
@@ -209,43 +209,43 @@ class FailingBackend(SimBackend):
 
 def test_backend_failure_is_err_not_exception():
     c = GpioController(FailingBackend(2))
-    assert c.handle(req(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT), 2) == bytes([ERR, 0])
-    assert c.handle(req(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 0), 2) == bytes([OK, IN])
+    assert c.handle(req(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT), 2) == bytes([ERR, 0])
+    assert c.handle(req(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 0), 2) == bytes([OK, IN])
 
 
 # ---- SET_IRQ_TYPE rules (5.17.6.6) ------------------------------------------------------
 
 def test_set_irq_type_requires_feature():
     d = Dev(irq=False)
-    assert d.msg(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (ERR, 0)
+    assert d.msg(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (ERR, 0)
 
 
 @pytest.mark.parametrize("bad", [5, 6, 7, 9, 0x10, 0xFFFFFFFF])
 def test_bad_irq_type_is_err(dev, bad):
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, bad) == (ERR, 0)
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, bad) == (ERR, 0)
 
 
 def test_irq_type_changes_only_through_none(dev):
     dev.enable(0, RISING)
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, FALLING) == (ERR, 0)
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (OK, 0)  # same: no-op
-    dev.enable(0, S.VIRTIO_GPIO_IRQ_TYPE_NONE)
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, FALLING) == (ERR, 0)
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (OK, 0)  # same: no-op
+    dev.enable(0, G.VIRTIO_GPIO_IRQ_TYPE_NONE)
     dev.enable(0, FALLING)
     assert dev.sim.get_line(0)["edge"] == "falling"
 
 
 def test_no_irq_on_output_lines(dev):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (ERR, 0)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE, 0, RISING) == (ERR, 0)
     dev.enable(1, RISING)
-    assert dev.msg(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT) == (ERR, 0)
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 1) == IN
+    assert dev.msg(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT) == (ERR, 0)
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 1) == IN
 
 
 def test_irq_on_inactive_line_makes_it_input(dev):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, NONE)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, NONE)
     dev.enable(0, RISING)
-    assert dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN
+    assert dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, 0) == IN
 
 
 def test_irq_type_none_returns_buffer_invalid_and_drops_latch(dev):
@@ -255,10 +255,10 @@ def test_irq_type_none_returns_buffer_invalid_and_drops_latch(dev):
     dev.sim.set_input(3, 1)
     assert dev.events() == []  # masked: latched
     tok = object()
-    dev.enable(3, S.VIRTIO_GPIO_IRQ_TYPE_NONE)
+    dev.enable(3, G.VIRTIO_GPIO_IRQ_TYPE_NONE)
     dev.enable(3, RISING)
     assert dev.c.queue_irq(3, tok) == []  # the latched edge was discarded
-    dev.enable(3, S.VIRTIO_GPIO_IRQ_TYPE_NONE)
+    dev.enable(3, G.VIRTIO_GPIO_IRQ_TYPE_NONE)
     assert dev.c.take_completions() == [(tok, INVALID)]
 
 
@@ -400,26 +400,26 @@ def test_queue_while_delivery_disabled_waits(dev):
 # ---- reset, many lines, snapshots ------------------------------------------------------
 
 def test_reset_with_events_pending_drops_buffers_and_returns_lines_to_reset_state(dev):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
     dev.enable(1, BOTH)
     dev.enable(2, RISING)
     t1, t2 = object(), object()
     dev.c.queue_irq(1, t1)
     dev.c.queue_irq(2, t2)
-    dev.enable(2, S.VIRTIO_GPIO_IRQ_TYPE_NONE)  # t2 now waits in the outbox
+    dev.enable(2, G.VIRTIO_GPIO_IRQ_TYPE_NONE)  # t2 now waits in the outbox
     dev.sim.set_input(1, 1)                     # event pending in the backend
     tokens = dev.c.reset()
     assert set(map(id, tokens)) == {id(t1), id(t2)}
     assert dev.c.take_completions() == [] and dev.events() == []
     assert dev.sim.get_line(0)["direction"] == "in"  # outputs released
-    assert [dev.ok(S.VIRTIO_GPIO_MSG_GET_DIRECTION, g) for g in range(3)] == [IN] * 3
+    assert [dev.ok(G.VIRTIO_GPIO_MSG_GET_DIRECTION, g) for g in range(3)] == [IN] * 3
     assert dev.c.queue_irq(1, object())[0][1] == INVALID  # irq types back to NONE
 
 
 def test_reset_keep_lines_keeps_outputs_and_clears_irqs(dev):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
     dev.enable(1, RISING)
     tok = object()
     dev.c.queue_irq(1, tok)
@@ -433,12 +433,12 @@ def test_1024_lines():
     names = [f"L{i}" for i in range(1024)]
     d = Dev(1024, names)
     assert d.c.config_bytes()[:2] == struct.pack("<H", 1024)
-    out = d.c.handle(req(S.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1 + d.c.gpio_names_size)
+    out = d.c.handle(req(G.VIRTIO_GPIO_MSG_GET_LINE_NAMES), 1 + d.c.gpio_names_size)
     assert out[1:].split(b"\0")[:-1] == [n.encode() for n in names]
-    d.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 1023, 1)
-    d.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 1023, OUT)
+    d.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 1023, 1)
+    d.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1023, OUT)
     assert d.sim.get_line(1023)["value"] == 1
-    assert d.msg(S.VIRTIO_GPIO_MSG_GET_VALUE, 1024) == (ERR, 0)
+    assert d.msg(G.VIRTIO_GPIO_MSG_GET_VALUE, 1024) == (ERR, 0)
     d.enable(1000, RISING)
     tok = object()
     d.c.queue_irq(1000, tok)
@@ -448,10 +448,10 @@ def test_1024_lines():
 
 def test_snapshot_restore_round_trip():
     a = Dev(16)
-    a.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
-    a.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
-    a.ok(S.VIRTIO_GPIO_MSG_SET_VALUE, 1, 1)         # pending value on an input
-    a.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 2, NONE)
+    a.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 0, 1)
+    a.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 0, OUT)
+    a.ok(G.VIRTIO_GPIO_MSG_SET_VALUE, 1, 1)         # pending value on an input
+    a.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 2, NONE)
     a.enable(3, RISING)
     a.enable(4, BOTH)
     a.c.queue_irq(4, "chain-head-7")
@@ -467,7 +467,7 @@ def test_snapshot_restore_round_trip():
     assert b.sim.get_line(0)["direction"] == "out" and b.sim.get_line(0)["value"] == 1
     assert b.sim.get_line(2)["direction"] == "none"
     assert b.sim.get_line(4)["edge"] == "both"
-    b.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
+    b.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
     assert b.sim.get_line(1)["value"] == 1           # pending value survived
     assert open_gate(b.c) == []
     tok = object()
@@ -488,7 +488,7 @@ def test_snapshot_restore_round_trip():
     lambda s: s.update(lines=[]),
 ])
 def test_restore_rejects_malformed_snapshot_and_changes_nothing(dev, mutate):
-    dev.ok(S.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
+    dev.ok(G.VIRTIO_GPIO_MSG_SET_DIRECTION, 1, OUT)
     snap = dev.c.snapshot()
     mutate(snap)
     before = dev.c.snapshot()

@@ -1,7 +1,7 @@
 """Parsing of the kernel's pm_print_times lines (drivers/base/power/main.c,
 initcall_debug_report: "<dev>: PM: <callback> returned <err> after <n> usecs")."""
 
-from vfio_virtio.testing.guest_pm import device_pm_times
+from vfio_virtio_kit.guest_pm import device_pm_times
 
 DMESG = """\
 [    2.757200] pci-idio-16 0000:00:01.0: PM: calling pci_pm_suspend @ 179, parent: pci0000:00

@@ -32,6 +32,6 @@ def test_queue_indices_and_request_format_defined_once():
 
 
 def test_the_home_has_them():
-    from vfio_virtio.gpio import spec as S
-    assert (S.VIRTIO_GPIO_REQUESTQ, S.VIRTIO_GPIO_EVENTQ) == (0, 1)
-    assert S.VIRTIO_GPIO_REQUEST_FMT == "<HHI" and S.VIRTIO_GPIO_REQUEST_SIZE == 8
+    from vfio_virtio.gpio import spec as G
+    assert (G.VIRTIO_GPIO_REQUESTQ, G.VIRTIO_GPIO_EVENTQ) == (0, 1)
+    assert G.VIRTIO_GPIO_REQUEST_FMT == "<HHI" and G.VIRTIO_GPIO_REQUEST_SIZE == 8

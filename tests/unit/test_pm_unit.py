@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import struct
 
-from vfio_virtio.pci import spec as S
+from vfio_virtio.pci import spec as P
 from vfio_virtio.pci.pm import Cause, PowerManagement
 from vfio_virtio.power import Power
 
 OFF = 0x40
-CTRL = OFF + S.PCI_PM_CTRL
+CTRL = OFF + P.PCI_PM_CTRL
 
 
 class Listener:
@@ -50,7 +50,7 @@ def test_transitions_are_reported_with_old_and_new_state():
     pm.write(CTRL, struct.pack("<H", 3), cfg)
     pm.write(CTRL, struct.pack("<H", 0), cfg)
     assert lst.events == [("power", 0, 3), ("power", 3, 0)]
-    assert cfg[OFF + 1] == 0x48 and cfg[OFF] == S.PCI_CAP_ID_PM
+    assert cfg[OFF + 1] == 0x48 and cfg[OFF] == P.PCI_CAP_ID_PM
 
 
 def test_every_change_of_state_goes_through_the_one_path():
@@ -68,22 +68,22 @@ def test_every_change_of_state_goes_through_the_one_path():
 
 def test_pme_status_is_write_one_to_clear_when_pme_is_supported():
     pm, cfg, _ = make(pme=0x08)              # PME from D3hot
-    pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE | 3), cfg)
+    pm.write(CTRL, struct.pack("<H", P.PCI_PM_CTRL_PME_ENABLE | 3), cfg)
     pm.set_state({"state": 3, "pme_enable": True, "pme_status": True})   # as a snapshot has it
-    assert pmcsr(cfg) & S.PCI_PM_CTRL_PME_STATUS
-    pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE | 3), cfg)   # writing 0: kept
-    assert pmcsr(cfg) & S.PCI_PM_CTRL_PME_STATUS
-    pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_STATUS | S.PCI_PM_CTRL_PME_ENABLE | 3), cfg)
-    assert not pmcsr(cfg) & S.PCI_PM_CTRL_PME_STATUS
-    assert pmcsr(cfg) & S.PCI_PM_CTRL_PME_ENABLE
+    assert pmcsr(cfg) & P.PCI_PM_CTRL_PME_STATUS
+    pm.write(CTRL, struct.pack("<H", P.PCI_PM_CTRL_PME_ENABLE | 3), cfg)   # writing 0: kept
+    assert pmcsr(cfg) & P.PCI_PM_CTRL_PME_STATUS
+    pm.write(CTRL, struct.pack("<H", P.PCI_PM_CTRL_PME_STATUS | P.PCI_PM_CTRL_PME_ENABLE | 3), cfg)
+    assert not pmcsr(cfg) & P.PCI_PM_CTRL_PME_STATUS
+    assert pmcsr(cfg) & P.PCI_PM_CTRL_PME_ENABLE
 
 
 def test_pme_enable_is_hardwired_without_pme_support():
     pm, cfg, _ = make()
-    pm.write(CTRL, struct.pack("<H", S.PCI_PM_CTRL_PME_ENABLE), cfg)
-    assert pmcsr(cfg) == S.PCI_PM_CTRL_NO_SOFT_RESET
+    pm.write(CTRL, struct.pack("<H", P.PCI_PM_CTRL_PME_ENABLE), cfg)
+    assert pmcsr(cfg) == P.PCI_PM_CTRL_NO_SOFT_RESET
     pm.set_state({"state": 0, "pme_enable": True})
-    assert pmcsr(cfg) == S.PCI_PM_CTRL_NO_SOFT_RESET
+    assert pmcsr(cfg) == P.PCI_PM_CTRL_NO_SOFT_RESET
 
 
 def test_high_byte_write_leaves_power_state_alone():

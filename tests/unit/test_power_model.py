@@ -2,7 +2,7 @@
 FLR, status writes, SUSPEND/DRIVER_OK, RING_RESET, disconnect/reconnect and snapshot/restore
 against a small reference model of the README's survival table.
 
-The real stack runs in process (``vfio_virtio.testing.inproc``: real libvfio-user context, PM
+The real stack runs in process (``vfio_virtio_kit.inproc``: real libvfio-user context, PM
 capability, PCI function, transport, core, gpio device, sim backend); an independent driver
 (``VirtioPciDriver``) drives it. After every step:
 

@@ -7,10 +7,10 @@ import pytest
 
 from tests.unit.ringkit import HOLE_IOVA, RO_IOVA, WO_IOVA, Rig
 from vfio_virtio.dma import lib
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio.virtio import ring_spec as R
 from vfio_virtio.virtio.queue import Virtqueue
 
-NEXT, WRITE, INDIRECT = S.VRING_DESC_F_NEXT, S.VRING_DESC_F_WRITE, S.VRING_DESC_F_INDIRECT
+NEXT, WRITE, INDIRECT = R.VRING_DESC_F_NEXT, R.VRING_DESC_F_WRITE, R.VRING_DESC_F_INDIRECT
 
 
 @pytest.fixture(params=["c", "py"])
@@ -32,9 +32,9 @@ def rig_factory(impl):
 
 def test_constants_match_c_header():
     """ring_spec.py mirrors virtq.h: the two implementations must speak the same codes."""
-    for name in dir(S):
+    for name in dir(R):
         if name.startswith(("VQ_ERR_", "VQ_BROKEN_", "VRING_")) or name == "VQ_MAX_SIZE":
-            assert getattr(lib, name) == getattr(S, name), name
+            assert getattr(lib, name) == getattr(R, name), name
 
 
 def test_round_trip_data_and_used_len(rig_factory):
@@ -112,7 +112,7 @@ def test_event_idx_avail_event_and_used_event(rig_factory):
     r.vq.push(r.vq.pop_batch()[0].head, 1)  # 3 -> 4 passes 3
     assert r.vq.needs_notify()
     r.dr.used()
-    r.dr.avail_flags = S.VRING_AVAIL_F_NO_INTERRUPT   # ignored with event idx (2.7.7)
+    r.dr.avail_flags = R.VRING_AVAIL_F_NO_INTERRUPT   # ignored with event idx (2.7.7)
     r.dr.used_event = 4
     r.dr.add([b"q"], [1])
     r.vq.push(r.vq.pop_batch()[0].head, 1)
@@ -182,7 +182,7 @@ def test_malformed_direct_chains(rig_factory):
     """2.7.5 / 2.7.4.2 / 2.7.5.3.1: every bad chain class gives its error code."""
     r = rig_factory(size=8)
     b = r.dr.buf(16)
-    E = S
+    E = R
     assert _pop_one_bad(r, {0: (b, 4, NEXT, 8)}) == E.VQ_ERR_DESC_INDEX          # next >= size
     assert _pop_one_bad(r, {0: (b, 4, NEXT, 1), 1: (b, 4, NEXT, 0)}) == E.VQ_ERR_CHAIN_LEN
     assert _pop_one_bad(r, {0: (b, 4, NEXT, 0)}) == E.VQ_ERR_CHAIN_LEN          # self loop
@@ -208,7 +208,7 @@ def test_malformed_indirect_chains(rig_factory):
     """2.7.5.3.1: no nested tables, no INDIRECT|NEXT, sane table length, TTL inside."""
     r = rig_factory(size=8, indirect=True)
     b = r.dr.buf(16)
-    E = S
+    E = R
 
     def tbl(entries):
         return r.dr.write_indirect(entries)
@@ -238,7 +238,7 @@ def test_broken_avail_idx_jump(rig_factory):
     """2.7.13.2 device side: avail idx more than size ahead cannot be real: queue broken."""
     r = rig_factory(size=8)
     r.dr.set_avail_idx(9)
-    assert r.vq.pop_batch() == [] and r.vq.broken == S.VQ_BROKEN_AVAIL_IDX
+    assert r.vq.pop_batch() == [] and r.vq.broken == R.VQ_BROKEN_AVAIL_IDX
     assert not r.vq.push(0, 0)              # nothing more is written to a broken queue
     assert r.dr.used_idx == 0
 
@@ -257,7 +257,7 @@ def test_broken_head_keeps_earlier_chains(rig_factory):
     r.dr.put_avail(8)
     r.dr.publish()
     chains = r.vq.pop_batch()
-    assert [c.head for c in chains] == [h] and r.vq.broken == S.VQ_BROKEN_HEAD
+    assert [c.head for c in chains] == [h] and r.vq.broken == R.VQ_BROKEN_HEAD
     assert r.vq.pop_batch() == []
 
 
@@ -266,14 +266,14 @@ def test_rings_unmapped_and_bad_config(rig_factory, impl):
     r = rig_factory()
     r.dr.add([b"a"], [1])
     r.dma.remove(r.mem.iova, r.mem.size)
-    assert r.vq.pop_batch() == [] and r.vq.broken == S.VQ_BROKEN_RING_UNMAPPED
+    assert r.vq.pop_batch() == [] and r.vq.broken == R.VQ_BROKEN_RING_UNMAPPED
     for field, value in (("size", 6), ("size", 0), ("desc_addr", 8), ("driver_addr", 1),
                          ("device_addr", 2)):
         vq = Virtqueue(1, r.dma, impl=impl)
         r.dr.attach(vq)
         setattr(vq, field, getattr(vq, field) + value if field != "size" else value)
         vq.enable()
-        assert vq.broken == S.VQ_BROKEN_CONFIG, field
+        assert vq.broken == R.VQ_BROKEN_CONFIG, field
         assert vq.pop_batch() == [] and not vq.needs_notify()
 
 

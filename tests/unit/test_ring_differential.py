@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from vfio_virtio.dma import PROT_READ, PROT_WRITE, DmaTable
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio.virtio import ring_spec as R
 from vfio_virtio.virtio.queue import Virtqueue
 
 BASE = 0x10000
@@ -24,7 +24,7 @@ RO = (BASE + 0x8000, 0x4000)       # device-readable only
 WO = (BASE + 0xC000, 0x2000)       # device-writable only
 HOLE = BASE + 0xE000               # unmapped tail
 BIG = (1 << 40, 1 << 33)           # write-only, never dereferenced: huge buffer lengths
-FLAGS = (0, S.VRING_DESC_F_NEXT, S.VRING_DESC_F_WRITE, S.VRING_DESC_F_INDIRECT)
+FLAGS = (0, R.VRING_DESC_F_NEXT, R.VRING_DESC_F_WRITE, R.VRING_DESC_F_INDIRECT)
 CASES = 4000
 
 
@@ -72,15 +72,15 @@ class Gen:
         r = self.r
         flags = 0
         if r.random() < 0.6:
-            flags |= S.VRING_DESC_F_NEXT
+            flags |= R.VRING_DESC_F_NEXT
         if r.random() < 0.35:
-            flags |= S.VRING_DESC_F_WRITE
+            flags |= R.VRING_DESC_F_WRITE
         if r.random() < 0.03:
             flags |= r.randrange(0, 1 << 16)
         if table_addrs and r.random() < 0.12:
-            flags = (flags & ~S.VRING_DESC_F_NEXT) | S.VRING_DESC_F_INDIRECT
+            flags = (flags & ~R.VRING_DESC_F_NEXT) | R.VRING_DESC_F_INDIRECT
             if r.random() < 0.1:
-                flags |= S.VRING_DESC_F_NEXT
+                flags |= R.VRING_DESC_F_NEXT
             addr = r.choice(table_addrs)
             length = r.choice((16 * r.randrange(1, self.size + 2), 0, r.randrange(0, 200)))
         else:
@@ -106,8 +106,8 @@ class Gen:
         out = []
         for k, i in enumerate(idxs):
             addr, n = self.good_buf(k >= n_read)
-            flags = (S.VRING_DESC_F_WRITE if k >= n_read else 0) | \
-                (S.VRING_DESC_F_NEXT if k + 1 < len(idxs) else 0)
+            flags = (R.VRING_DESC_F_WRITE if k >= n_read else 0) | \
+                (R.VRING_DESC_F_NEXT if k + 1 < len(idxs) else 0)
             out.append((i, _pack(addr, n, flags, idxs[k + 1] if k + 1 < len(idxs) else 0)))
         return out
 
@@ -128,7 +128,7 @@ class Gen:
                     writes.append((t + 16 * i, d))
                 where = t if r.random() < 0.9 else r.choice((HOLE, WO[0], BIG[0]))
                 writes.append((desc + 16 * idxs[0],
-                               _pack(where, 16 * m, S.VRING_DESC_F_INDIRECT, 0)))
+                               _pack(where, 16 * m, R.VRING_DESC_F_INDIRECT, 0)))
             else:
                 writes += [(desc + 16 * i, d) for i, d in self.chain(idxs)]
         return writes, heads
@@ -142,7 +142,7 @@ def _pack(addr: int, length: int, flags: int, nxt: int) -> bytes:
 def _layout(rnd: random.Random, size: int, event_idx: bool):
     desc = BASE
     avail = (desc + 16 * size + 1) & ~1
-    used = (avail + S.avail_ring_bytes(size, True) + 3) & ~3
+    used = (avail + R.avail_ring_bytes(size, True) + 3) & ~3
     k = rnd.random()
     if k < 0.03:
         desc += 8                                  # misaligned
@@ -152,7 +152,7 @@ def _layout(rnd: random.Random, size: int, event_idx: bool):
         avail = HOLE
     elif k < 0.09:
         # used_event (event idx only) would be the first byte past the mapping (2.7.6)
-        avail = RW[0] + RW[1] - S.avail_ring_bytes(size, False)
+        avail = RW[0] + RW[1] - R.avail_ring_bytes(size, False)
     return desc, avail, used
 
 
@@ -266,7 +266,7 @@ def pop_push_compare(case: Case, c: Side, p: Side, stats: Counter) -> int:
         _compare_chains(rc_, rp, c.mem, p.mem)
         stats["chains"] += len(rc_)
         stats["good"] += sum(1 for ch in rc_ if not ch[1])
-        stats.update(S.ERR_NAMES[ch[1]] for ch in rc_ if ch[1])
+        stats.update(R.ERR_NAMES[ch[1]] for ch in rc_ if ch[1])
         items = [(ch[0], rnd.randrange(0, 1 << 32)) for ch in rc_ if rnd.random() < 0.8]
         if rnd.random() < 0.05:
             items.append((rnd.randrange(0, 1 << 16), 0))
@@ -301,7 +301,7 @@ def run_case(seed: int, c: Side, p: Side) -> dict:
             s.map(case.regions)
         notified += pop_push_compare(case, c, p, stats)
     if c.vq.broken:
-        stats[S.BROKEN_NAMES[c.vq.broken]] += 1
+        stats[R.BROKEN_NAMES[c.vq.broken]] += 1
     stats["notified"] += notified
     stats["event_idx" if case.event_idx else "no_event_idx"] += 1
     return stats
@@ -327,7 +327,7 @@ def test_c_and_python_rings_agree(sides):
             total.update(run_case(seed, c, p))
         except AssertionError as e:
             raise AssertionError(f"seed {seed}: {e}") from e
-    missing = [n for n in list(S.ERR_NAMES.values()) + list(S.BROKEN_NAMES.values())
+    missing = [n for n in list(R.ERR_NAMES.values()) + list(R.BROKEN_NAMES.values())
                if total[n] == 0]
     assert not missing, (missing, total)
     assert total["good"] > 1000 and total["notified"] > 100, total

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from vfio_virtio.testing.vfio_user import VfioUserClient, VfioUserError
+from vfio_virtio_kit.vfio_user import VfioUserClient, VfioUserError
 from vfio_virtio.vfu import context as vfu
 
 

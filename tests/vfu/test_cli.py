@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from vfio_virtio.testing.server_proc import TOP
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit.server_proc import TOP
+from vfio_virtio_kit.vfio_user import VfioUserClient
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The test client (vfio_virtio/testing/vfio_user.py) against libvfio-user's own C
+"""The test client (vfio_virtio_kit/vfio_user.py) against libvfio-user's own C
 samples, and against a scripted fake server for what the samples cannot show.
 
 Each test names the rule of QEMU's docs/interop/vfio-user.rst ("spec") it guards.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from vfio_virtio.testing import vfio_user_spec as S
-from vfio_virtio.testing.vfio_user import (
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.vfio_user import (
     VfioUserClient, VfioUserError, VfioUserProtocolError, build_header)
 
 SAMPLES = Path(os.environ.get(
@@ -99,7 +99,7 @@ def _readable(fd: int, timeout: float = 0.0) -> bool:
 # ---- version negotiation (spec "VFIO_USER_VERSION") -------------------------------
 def test_version_reply_and_capabilities(gpio):
     """Reply major equals ours, minor <= ours; capabilities are a JSON object."""
-    assert gpio.server_version == (S.VFIO_USER_MAJOR, S.VFIO_USER_MINOR)
+    assert gpio.server_version == (U.VFIO_USER_MAJOR, U.VFIO_USER_MINOR)
     assert gpio.server_max_msg_fds >= 1
     assert gpio.server_max_data_xfer_size >= 4096
 
@@ -125,24 +125,24 @@ def test_version_unknown_major_refused(sample):
 def test_device_info(gpio):
     """DEVICE_GET_INFO: a PCI device with reset, >= VFIO_PCI_NUM_REGIONS regions."""
     info = gpio.device_info()
-    assert info.flags & S.VFIO_DEVICE_FLAGS_PCI
-    assert info.num_regions >= S.VFIO_PCI_NUM_REGIONS
-    assert info.num_irqs == S.VFIO_PCI_NUM_IRQS
+    assert info.flags & U.VFIO_DEVICE_FLAGS_PCI
+    assert info.num_regions >= U.VFIO_PCI_NUM_REGIONS
+    assert info.num_irqs == U.VFIO_PCI_NUM_IRQS
 
 
 def test_region_info_bar2_and_config(gpio):
     """DEVICE_GET_REGION_INFO reports each region's size and access flags."""
-    bar2 = gpio.region_info(S.VFIO_PCI_BAR2_REGION_INDEX)
+    bar2 = gpio.region_info(U.VFIO_PCI_BAR2_REGION_INDEX)
     assert (bar2.index, bar2.size) == (2, 0x100)
     assert bar2.readable and bar2.writable and bar2.fd is None
-    assert gpio.region_info(S.VFIO_PCI_BAR0_REGION_INDEX).size == 0
-    assert gpio.region_info(S.VFIO_PCI_CONFIG_REGION_INDEX).size == 256
+    assert gpio.region_info(U.VFIO_PCI_BAR0_REGION_INDEX).size == 0
+    assert gpio.region_info(U.VFIO_PCI_CONFIG_REGION_INDEX).size == 256
 
 
 def test_region_info_mmap_fd_and_sparse_areas(server):
     """A mappable region comes with an fd (SCM_RIGHTS) and a SPARSE_MMAP capability;
     a write through REGION_WRITE is visible through the mapped fd."""
-    info = server.region_info(S.VFIO_PCI_BAR1_REGION_INDEX)
+    info = server.region_info(U.VFIO_PCI_BAR1_REGION_INDEX)
     try:
         assert info.mmappable and info.fd is not None
         assert info.sparse_areas() == [(0, 0x1000), (0x2000, 0x1000)]
@@ -177,7 +177,7 @@ def test_bad_region_access_is_error_reply(gpio):
     and the connection stays usable."""
     with pytest.raises(VfioUserError) as ei:
         gpio.region_read(2, 0x100, 4)
-    assert ei.value.errno != 0 and ei.value.command == S.VFIO_USER_REGION_READ
+    assert ei.value.errno != 0 and ei.value.command == U.VFIO_USER_REGION_READ
     assert isinstance(ei.value, OSError)
     with pytest.raises(VfioUserError):
         gpio.region_read(42, 0, 4)
@@ -186,18 +186,18 @@ def test_bad_region_access_is_error_reply(gpio):
 
 def test_raw_reply_echoes_message_id(gpio):
     """'Message ID ... is echoed in the command's reply message'; type is Reply."""
-    gpio.send_raw(build_header(0x1234, S.VFIO_USER_DEVICE_GET_INFO, 32)
-                  + S.DEVICE_INFO.pack(16, 0, 0, 0))
+    gpio.send_raw(build_header(0x1234, U.VFIO_USER_DEVICE_GET_INFO, 32)
+                  + U.DEVICE_INFO.pack(16, 0, 0, 0))
     m = gpio.recv_reply()
-    assert (m.msg_id, m.command, m.is_reply, m.is_error) == (0x1234, S.VFIO_USER_DEVICE_GET_INFO, True, False)
+    assert (m.msg_id, m.command, m.is_reply, m.is_error) == (0x1234, U.VFIO_USER_DEVICE_GET_INFO, True, False)
     assert len(m.payload) == 16
 
 
 # ---- IRQs (spec "VFIO_USER_DEVICE_SET_IRQS") ----------------------------------------
 def test_irq_info(gpio):
     """GET_IRQ_INFO: one INTx, eventfd-capable; no MSI-X on this sample."""
-    assert gpio.irq_info(S.VFIO_PCI_INTX_IRQ_INDEX) == (S.VFIO_IRQ_INFO_EVENTFD, 1)
-    assert gpio.irq_info(S.VFIO_PCI_MSIX_IRQ_INDEX).count == 0
+    assert gpio.irq_info(U.VFIO_PCI_INTX_IRQ_INDEX) == (U.VFIO_IRQ_INFO_EVENTFD, 1)
+    assert gpio.irq_info(U.VFIO_PCI_MSIX_IRQ_INDEX).count == 0
 
 
 def test_set_irqs_eventfd_trigger_and_disable(gpio):
@@ -205,16 +205,16 @@ def test_set_irqs_eventfd_trigger_and_disable(gpio):
     signals it; 'count (and start) of 0 with DATA_NONE disables all interrupts'."""
     efd = os.eventfd(0, os.EFD_NONBLOCK)
     try:
-        gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, [efd])
+        gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, [efd])
         assert not _readable(efd)
-        gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, (), count=1)     # DATA_NONE trigger
+        gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, (), count=1)     # DATA_NONE trigger
         assert _readable(efd) and os.eventfd_read(efd) == 1
-        gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, data=b"\x00")  # BOOL false: no-op
+        gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, data=b"\x00")  # BOOL false: no-op
         assert not _readable(efd)
-        gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, data=b"\x01")
+        gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, data=b"\x01")
         assert _readable(efd) and os.eventfd_read(efd) == 1
-        gpio.disable_irqs(S.VFIO_PCI_INTX_IRQ_INDEX)
-        gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, (), count=1)
+        gpio.disable_irqs(U.VFIO_PCI_INTX_IRQ_INDEX)
+        gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, (), count=1)
         assert not _readable(efd)
     finally:
         os.close(efd)
@@ -225,7 +225,7 @@ def test_set_irqs_out_of_range_refused(gpio):
     efd = os.eventfd(0)
     try:
         with pytest.raises(VfioUserError) as ei:
-            gpio.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 1, [efd])
+            gpio.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 1, [efd])
         assert ei.value.errno == errno.EINVAL
     finally:
         os.close(efd)
@@ -266,13 +266,13 @@ def test_server_dma_write_and_read_served_by_client(server):
     efd = os.eventfd(0, os.EFD_NONBLOCK)
     try:
         server.dma_map(0x200000, 0x4000, fd, 0)
-        server.set_irqs(S.VFIO_PCI_INTX_IRQ_INDEX, 0, [efd])
+        server.set_irqs(U.VFIO_PCI_INTX_IRQ_INDEX, 0, [efd])
         server.region_write(0, 0, struct.pack("<q", int(time.time()) + 2))
         assert _readable(efd, timeout=5.0), "server timer IRQ did not arrive"
         assert server.serve(timeout=5.0, count=2) == 2
         with mmap.mmap(fd, 0x4000) as mm:
             assert mm[:4096] == b"A" * 4096 and mm[4096:4097] == b"\0"
-        assert server.device_info().flags & S.VFIO_DEVICE_FLAGS_PCI
+        assert server.device_info().flags & U.VFIO_DEVICE_FLAGS_PCI
         assert server.proc.poll() is None
     finally:
         os.close(efd)
@@ -281,7 +281,7 @@ def test_server_dma_write_and_read_served_by_client(server):
 
 def test_device_reset(server):
     """DEVICE_RESET (advertised by VFIO_DEVICE_FLAGS_RESET) is acknowledged."""
-    assert server.device_info().flags & S.VFIO_DEVICE_FLAGS_RESET
+    assert server.device_info().flags & U.VFIO_DEVICE_FLAGS_RESET
     server.device_reset()
     assert server.cfg_read16(0) == 0xDEAD
 
@@ -304,7 +304,7 @@ def fake(tmp_path):
 
 
 def _reply(mid: int, cmd: int, payload: bytes = b"", error: int | None = None) -> bytes:
-    flags = S.VFIO_USER_F_TYPE_REPLY | (S.VFIO_USER_F_ERROR if error is not None else 0)
+    flags = U.VFIO_USER_F_TYPE_REPLY | (U.VFIO_USER_F_ERROR if error is not None else 0)
     return build_header(mid, cmd, 16 + len(payload), flags, error or 0) + payload
 
 
@@ -337,16 +337,16 @@ def test_server_close_is_connection_error(fake):
 def test_error_flag_with_zero_errno(fake):
     """'Error ... may be zero even if the Error bit is set': reported as EINVAL."""
     client, conn = fake
-    conn.sendall(_reply(1, S.VFIO_USER_DEVICE_RESET, error=0))
+    conn.sendall(_reply(1, U.VFIO_USER_DEVICE_RESET, error=0))
     with pytest.raises(VfioUserError) as ei:
         client.device_reset()
-    assert ei.value.errno == errno.EINVAL and ei.value.command == S.VFIO_USER_DEVICE_RESET
+    assert ei.value.errno == errno.EINVAL and ei.value.command == U.VFIO_USER_DEVICE_RESET
 
 
 def test_reply_to_other_message_id_is_protocol_error(fake):
     """'Message ID ... is echoed in the command's reply': a mismatch is EPROTO."""
     client, conn = fake
-    conn.sendall(_reply(99, S.VFIO_USER_DEVICE_RESET))
+    conn.sendall(_reply(99, U.VFIO_USER_DEVICE_RESET))
     with pytest.raises(VfioUserProtocolError) as ei:
         client.device_reset()
     assert ei.value.errno == errno.EPROTO
@@ -355,7 +355,7 @@ def test_reply_to_other_message_id_is_protocol_error(fake):
 def test_short_region_read_reply_is_protocol_error(fake):
     """A REGION_READ reply whose count differs from the request is rejected."""
     client, conn = fake
-    conn.sendall(_reply(1, S.VFIO_USER_REGION_READ, S.REGION_ACCESS.pack(0, 2, 2) + b"ab"))
+    conn.sendall(_reply(1, U.VFIO_USER_REGION_READ, U.REGION_ACCESS.pack(0, 2, 2) + b"ab"))
     with pytest.raises(VfioUserProtocolError):
         client.region_read(2, 0, 4)
 
@@ -365,14 +365,14 @@ def test_unknown_server_command_refused_then_reply_delivered(fake):
     and its reply': the client answers an unknown server command with an Error
     reply and still returns the reply to its own request."""
     client, conn = fake
-    conn.sendall(build_header(7, 99, 16, S.VFIO_USER_F_TYPE_COMMAND)
-                 + _reply(1, S.VFIO_USER_DEVICE_GET_INFO, S.DEVICE_INFO.pack(16, 3, 9, 5)))
+    conn.sendall(build_header(7, 99, 16, U.VFIO_USER_F_TYPE_COMMAND)
+                 + _reply(1, U.VFIO_USER_DEVICE_GET_INFO, U.DEVICE_INFO.pack(16, 3, 9, 5)))
     assert client.device_info() == (3, 9, 5)
     req = _recv_exact(conn, 32)
-    assert S.HEADER.unpack_from(req)[:2] == (1, S.VFIO_USER_DEVICE_GET_INFO)
-    mid, cmd, size, flags, err = S.HEADER.unpack(_recv_exact(conn, 16))
+    assert U.HEADER.unpack_from(req)[:2] == (1, U.VFIO_USER_DEVICE_GET_INFO)
+    mid, cmd, size, flags, err = U.HEADER.unpack(_recv_exact(conn, 16))
     assert (mid, cmd, size) == (7, 99, 16)
-    assert flags == S.VFIO_USER_F_TYPE_REPLY | S.VFIO_USER_F_ERROR and err == errno.ENOTSUP
+    assert flags == U.VFIO_USER_F_TYPE_REPLY | U.VFIO_USER_F_ERROR and err == errno.ENOTSUP
 
 
 def test_server_dma_access_checked_against_mapping(fake):
@@ -382,22 +382,22 @@ def test_server_dma_access_checked_against_mapping(fake):
     fd = _memfd(0x2000)
     try:
         os.pwrite(fd, b"guestRAM", 0x100)
-        conn.sendall(_reply(1, S.VFIO_USER_DMA_MAP))
+        conn.sendall(_reply(1, U.VFIO_USER_DMA_MAP))
         client.dma_map(0x10000, 0x2000, fd, 0)
         _, fds, _, _ = socket.recv_fds(conn, 48, 4)
         assert len(fds) == 1
         for f in fds:
             os.close(f)
-        conn.sendall(build_header(20, S.VFIO_USER_DMA_READ, 32) + S.DMA_ACCESS.pack(0x10100, 8)
-                     + build_header(21, S.VFIO_USER_DMA_READ, 32) + S.DMA_ACCESS.pack(0x11ffc, 8)
-                     + build_header(22, S.VFIO_USER_DMA_WRITE, 35) + S.DMA_ACCESS.pack(0x10200, 3) + b"xyz")
+        conn.sendall(build_header(20, U.VFIO_USER_DMA_READ, 32) + U.DMA_ACCESS.pack(0x10100, 8)
+                     + build_header(21, U.VFIO_USER_DMA_READ, 32) + U.DMA_ACCESS.pack(0x11ffc, 8)
+                     + build_header(22, U.VFIO_USER_DMA_WRITE, 35) + U.DMA_ACCESS.pack(0x10200, 3) + b"xyz")
         assert client.serve(timeout=2.0, count=3) == 3
         r = _recv_exact(conn, 40)
-        assert S.HEADER.unpack_from(r)[:2] == (20, S.VFIO_USER_DMA_READ) and r[32:] == b"guestRAM"
-        mid, _, _, flags, err = S.HEADER.unpack(_recv_exact(conn, 16))
-        assert mid == 21 and flags & S.VFIO_USER_F_ERROR and err == errno.EFAULT
+        assert U.HEADER.unpack_from(r)[:2] == (20, U.VFIO_USER_DMA_READ) and r[32:] == b"guestRAM"
+        mid, _, _, flags, err = U.HEADER.unpack(_recv_exact(conn, 16))
+        assert mid == 21 and flags & U.VFIO_USER_F_ERROR and err == errno.EFAULT
         r = _recv_exact(conn, 32)
-        assert S.HEADER.unpack_from(r)[0] == 22 and S.DMA_ACCESS.unpack_from(r, 16) == (0x10200, 3)
+        assert U.HEADER.unpack_from(r)[0] == 22 and U.DMA_ACCESS.unpack_from(r, 16) == (0x10200, 3)
         assert os.pread(fd, 3, 0x200) == b"xyz"
     finally:
         os.close(fd)
@@ -407,7 +407,7 @@ def test_virtio_driver_rejects_device_without_virtio_caps(sample):
     """virtio 1.3 4.1.4: a driver needs the common, notify and ISR capabilities; the
     driver harness reports their absence (gpio sample: no capability list) instead
     of touching the device."""
-    from vfio_virtio.testing.virtio_pci import VirtioPciDriver, VirtioPciError
+    from vfio_virtio_kit.virtio_pci import VirtioPciDriver, VirtioPciError
     _, path = sample("gpio-pci-idio-16")
     with VfioUserClient(path) as c:
         with pytest.raises(VirtioPciError):

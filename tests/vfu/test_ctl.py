@@ -20,8 +20,8 @@ import pytest
 from vfio_virtio.client import ControlClient
 from vfio_virtio.ctl import format_event, main
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import GpioDriver
-from vfio_virtio.testing.server_proc import ServerProcess
+from vfio_virtio_kit.gpio_driver import GpioDriver
+from vfio_virtio_kit.server_proc import ServerProcess
 
 NAMES = "led,l1,button,l3,alarm"          # lines 5-7 stay unnamed
 LED, BUTTON, ALARM = 0, 2, 4

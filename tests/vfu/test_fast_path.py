@@ -11,7 +11,7 @@ import pytest
 
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import GpioDriver
+from vfio_virtio_kit.gpio_driver import GpioDriver
 from vfio_virtio.virtio import spec as V
 
 REQUESTQ = G.VIRTIO_GPIO_REQUESTQ

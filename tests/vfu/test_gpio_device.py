@@ -12,7 +12,7 @@ import pytest
 
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, GpioDriver
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, GpioDriver
 from vfio_virtio.virtio import spec as V
 
 OK, ERR = bytes([G.VIRTIO_GPIO_STATUS_OK, 0]), bytes([G.VIRTIO_GPIO_STATUS_ERR, 0])

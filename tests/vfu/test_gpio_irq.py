@@ -17,7 +17,7 @@ import pytest
 
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, GpioDriver
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, GpioDriver
 from vfio_virtio.virtio import spec as V
 
 VALID, INVALID = G.VIRTIO_GPIO_IRQ_STATUS_VALID, G.VIRTIO_GPIO_IRQ_STATUS_INVALID

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.gpio_driver import GpioDriver
-from vfio_virtio.testing.server_proc import TOP, ServerProcess
+from vfio_virtio_kit.gpio_driver import GpioDriver
+from vfio_virtio_kit.server_proc import TOP, ServerProcess
 
 
 def _successor(workdir: str, hpath: str, *extra: str) -> ServerProcess:

@@ -19,10 +19,10 @@ import pytest
 
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.gpio_driver import GpioDriver
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import (ServerDisconnected, VfioUserClient, VfioUserError,
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.gpio_driver import GpioDriver
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import (ServerDisconnected, VfioUserClient, VfioUserError,
                                            build_header)
 
 ATTACH_TIMEOUT = 2.0        # vfio_virtio/server.py: a silent new connection is dropped after it
@@ -330,7 +330,7 @@ def test_connection_flood_while_attached(srv):
 
 _LOAD = r"""
 import sys
-from vfio_virtio.testing.gpio_driver import GpioDriver
+from vfio_virtio_kit.gpio_driver import GpioDriver
 from vfio_virtio.gpio import spec as G
 d = GpioDriver.open(sys.argv[1])
 d.set_value(5, 1)

@@ -17,10 +17,10 @@ import pytest
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import VfioUserError, build_header
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import VfioUserError, build_header
 from vfio_virtio.virtio import spec as V
 
 OUT = G.VIRTIO_GPIO_DIRECTION_OUT

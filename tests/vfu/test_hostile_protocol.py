@@ -14,9 +14,9 @@ import psutil
 import pytest
 
 from vfio_virtio.backends.control import ControlClient
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import ServerDisconnected, VfioUserClient, build_header
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import ServerDisconnected, VfioUserClient, build_header
 
 from tests.vfu.test_hostile_client import fds_back_to, nfds, serves
 

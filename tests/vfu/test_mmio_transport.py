@@ -17,10 +17,10 @@ from tests.vfu.transport_kit import (ACK, BASE, DRIVER, DRIVER_OK, EVENTQ, FAILE
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import VfioUserClient
-from vfio_virtio.testing.virtio_mmio import VirtioMmioDriver, VirtioMmioError, open_gpio
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import VfioUserClient
+from vfio_virtio_kit.virtio_mmio import VirtioMmioDriver, VirtioMmioError, open_gpio
 from vfio_virtio.virtio import mmio_spec as M
 from vfio_virtio.virtio import spec as V
 
@@ -219,7 +219,7 @@ def test_queue_ready_zero_takes_the_queue_away(up):
 def test_ring_addresses_use_both_halves():
     """4.2.2 QueueDesc/Driver/DeviceLow+High: a ring above 4 GiB works (the high halves are
     taken, not dropped)."""
-    from vfio_virtio.testing.server_proc import ServerProcess
+    from vfio_virtio_kit.server_proc import ServerProcess
     with ServerProcess(*MMIO) as srv:
         client = VfioUserClient(srv.socket)
         mem = GuestMemory(1 << 20, iova=0x2_4000_0000)

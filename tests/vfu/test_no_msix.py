@@ -20,7 +20,7 @@ import pytest
 from tests.vfu.transport_kit import (BASE, EVENTQ, NO_VECTOR, OK_LOW, REQUESTQ, fired,
                                      open_gpio, ping, shared_fixture, start_shared)
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
+from vfio_virtio_kit import vfio_user_spec as U
 from vfio_virtio.virtio import spec as V
 
 
@@ -136,8 +136,8 @@ def test_handover_to_a_server_without_msix(tmp_path):
     MSI-X vectors (the snapshot does not fit: the old server keeps serving, same
     connection); once the driver reset the device (an unplug does) it takes it over."""
     from vfio_virtio.gpio import spec as G
-    from vfio_virtio.testing.gpio_driver import GpioDriver
-    from vfio_virtio.testing.server_proc import ServerProcess
+    from vfio_virtio_kit.gpio_driver import GpioDriver
+    from vfio_virtio_kit.server_proc import ServerProcess
 
     wd = str(tmp_path)
     h = os.path.join(wd, "handover.sock")

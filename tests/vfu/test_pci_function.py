@@ -7,7 +7,7 @@ import struct
 
 
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit.vfio_user import VfioUserClient
 from vfio_virtio.virtio import spec as V
 
 CFG = 7

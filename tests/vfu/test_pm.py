@@ -12,8 +12,8 @@ import pytest
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
 from vfio_virtio.virtio import spec as V
 
 OUT, IN = G.VIRTIO_GPIO_DIRECTION_OUT, G.VIRTIO_GPIO_DIRECTION_IN

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from vfio_virtio.testing.server_proc import TOP, ServerProcess
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit.server_proc import TOP, ServerProcess
+from vfio_virtio_kit.vfio_user import VfioUserClient
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from tests.vfu.transport_kit import (BASE, EVENTQ, NEEDS_RESET, NO_VECTOR, OK_LO
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
+from vfio_virtio_kit import vfio_user_spec as U
 from vfio_virtio.virtio import spec as V
 
 C = V

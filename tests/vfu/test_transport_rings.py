@@ -16,7 +16,7 @@ from tests.vfu.transport_kit import (BASE, EVENTQ, INDIRECT, NEEDS_RESET, NEXT,
                                           shared_fixture, start_shared, take_descs)
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing import vfio_user_spec as U
+from vfio_virtio_kit import vfio_user_spec as U
 from vfio_virtio.virtio import spec as V
 
 C = V

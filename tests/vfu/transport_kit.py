@@ -14,18 +14,18 @@ import struct
 import pytest
 
 from vfio_virtio.gpio import spec as G
-from vfio_virtio.testing.driver_ring import DriverRing
-from vfio_virtio.testing.gpio_driver import GpioDriver
-from vfio_virtio.testing.server_proc import ServerProcess
-from vfio_virtio.testing.virtio_pci import VirtioPciDriver
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio_kit.driver_ring import DriverRing
+from vfio_virtio_kit.gpio_driver import GpioDriver
+from vfio_virtio_kit.server_proc import ServerProcess
+from vfio_virtio_kit.virtio_pci import VirtioPciDriver
+from vfio_virtio.virtio import ring_spec as R
 from vfio_virtio.virtio import spec as V
 
 REQUESTQ, EVENTQ = G.VIRTIO_GPIO_REQUESTQ, G.VIRTIO_GPIO_EVENTQ
 REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
 PING = REQ.pack(G.VIRTIO_GPIO_MSG_GET_VALUE, 0, 0)        # GET_VALUE line 0
 OK_LOW = bytes([G.VIRTIO_GPIO_STATUS_OK, 0])
-NEXT, WRITE, INDIRECT = S.VRING_DESC_F_NEXT, S.VRING_DESC_F_WRITE, S.VRING_DESC_F_INDIRECT
+NEXT, WRITE, INDIRECT = R.VRING_DESC_F_NEXT, R.VRING_DESC_F_WRITE, R.VRING_DESC_F_INDIRECT
 
 # What the device offers (virtio 1.3 section 6 bits + VIRTIO_GPIO_F_IRQ, 5.17.3).
 OFFERED = (V.bit(V.VIRTIO_F_VERSION_1) | V.bit(V.VIRTIO_F_EVENT_IDX)

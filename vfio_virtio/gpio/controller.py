@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 from ..backends.base import (Backend, DIR_IN, DIR_NONE, DIR_OUT, EDGE_BOTH, EDGE_FALLING,
                              EDGE_NONE, EDGE_RISING)
-from . import spec as S
+from . import spec as G
 from .names import names_blob, sanitize_names, validate_names
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,20 @@ log = logging.getLogger(__name__)
 Completion = tuple[Any, int]
 
 _EDGE_FOR_IRQ = {
-    S.VIRTIO_GPIO_IRQ_TYPE_NONE: EDGE_NONE,
-    S.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING: EDGE_RISING,
-    S.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING: EDGE_FALLING,
-    S.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH: EDGE_BOTH,
-    S.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH: EDGE_RISING,
-    S.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW: EDGE_FALLING,
+    G.VIRTIO_GPIO_IRQ_TYPE_NONE: EDGE_NONE,
+    G.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING: EDGE_RISING,
+    G.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING: EDGE_FALLING,
+    G.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH: EDGE_BOTH,
+    G.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH: EDGE_RISING,
+    G.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW: EDGE_FALLING,
 }
 # virtio direction -> backend direction (numerically equal, kept explicit)
-_BACKEND_DIR = {S.VIRTIO_GPIO_DIRECTION_NONE: DIR_NONE, S.VIRTIO_GPIO_DIRECTION_OUT: DIR_OUT,
-                S.VIRTIO_GPIO_DIRECTION_IN: DIR_IN}
+_BACKEND_DIR = {G.VIRTIO_GPIO_DIRECTION_NONE: DIR_NONE, G.VIRTIO_GPIO_DIRECTION_OUT: DIR_OUT,
+                G.VIRTIO_GPIO_DIRECTION_IN: DIR_IN}
 
-_REQ = struct.Struct(S.VIRTIO_GPIO_REQUEST_FMT)
-_RESP = struct.Struct(S.VIRTIO_GPIO_RESPONSE_FMT)
-_IRQ_REQ = struct.Struct(S.VIRTIO_GPIO_IRQ_REQUEST_FMT)
+_REQ = struct.Struct(G.VIRTIO_GPIO_REQUEST_FMT)
+_RESP = struct.Struct(G.VIRTIO_GPIO_RESPONSE_FMT)
+_IRQ_REQ = struct.Struct(G.VIRTIO_GPIO_IRQ_REQUEST_FMT)
 SNAPSHOT_VERSION = 1
 
 
@@ -93,21 +93,21 @@ class _Line:
     __slots__ = ("direction", "value", "irq_type", "latched")
 
     def __init__(self) -> None:
-        self.direction = S.VIRTIO_GPIO_DIRECTION_IN
+        self.direction = G.VIRTIO_GPIO_DIRECTION_IN
         self.value = 0
-        self.irq_type = S.VIRTIO_GPIO_IRQ_TYPE_NONE
+        self.irq_type = G.VIRTIO_GPIO_IRQ_TYPE_NONE
         self.latched = False
 
     def is_reset(self) -> bool:
-        return (self.direction == S.VIRTIO_GPIO_DIRECTION_IN and self.value == 0
-                and self.irq_type == S.VIRTIO_GPIO_IRQ_TYPE_NONE and not self.latched)
+        return (self.direction == G.VIRTIO_GPIO_DIRECTION_IN and self.value == 0
+                and self.irq_type == G.VIRTIO_GPIO_IRQ_TYPE_NONE and not self.latched)
 
 
 def _clear(line) -> None:
     """Back to the reset state, in place (the line may be a view into the C table)."""
-    line.direction = S.VIRTIO_GPIO_DIRECTION_IN
+    line.direction = G.VIRTIO_GPIO_DIRECTION_IN
     line.value = 0
-    line.irq_type = S.VIRTIO_GPIO_IRQ_TYPE_NONE
+    line.irq_type = G.VIRTIO_GPIO_IRQ_TYPE_NONE
     line.latched = False
 
 
@@ -117,7 +117,7 @@ def decode_irq_request(data: bytes, resp_capacity: int) -> int | None:
     Malformed: request not exactly 2 bytes or response buffer not exactly 1 byte. Pass the
     result to :meth:`GpioController.queue_irq`, which completes None with INVALID.
     """
-    if len(data) != _IRQ_REQ.size or resp_capacity != S.VIRTIO_GPIO_IRQ_RESPONSE_SIZE:
+    if len(data) != _IRQ_REQ.size or resp_capacity != G.VIRTIO_GPIO_IRQ_RESPONSE_SIZE:
         return None
     return _IRQ_REQ.unpack(data)[0]
 
@@ -133,8 +133,8 @@ class GpioController:
 
     def __init__(self, backend: Backend, names: list[str] | None = None) -> None:
         n = backend.nlines
-        if not 1 <= n <= S.VIRTIO_GPIO_MAX_LINES:
-            raise ValueError(f"ngpio must be 1..{S.VIRTIO_GPIO_MAX_LINES}, got {n}")
+        if not 1 <= n <= G.VIRTIO_GPIO_MAX_LINES:
+            raise ValueError(f"ngpio must be 1..{G.VIRTIO_GPIO_MAX_LINES}, got {n}")
         self.backend = backend
         self.ngpio = n
         if names is not None:
@@ -165,7 +165,7 @@ class GpioController:
 
     def config_bytes(self) -> bytes:
         """struct virtio_gpio_config (5.17.4), 8 bytes."""
-        return struct.pack(S.VIRTIO_GPIO_CONFIG_FMT, self.ngpio, self.gpio_names_size)
+        return struct.pack(G.VIRTIO_GPIO_CONFIG_FMT, self.ngpio, self.gpio_names_size)
 
     @property
     def delivery(self) -> bool:
@@ -179,17 +179,17 @@ class GpioController:
         Every ERR answer is logged at debug level with its reason, so that a guest's ERR can
         be explained (``--log-level debug``); nothing is formatted unless debug is enabled.
         """
-        err = _RESP.pack(S.VIRTIO_GPIO_STATUS_ERR, 0)[:max(0, min(resp_capacity, 2))]
+        err = _RESP.pack(G.VIRTIO_GPIO_STATUS_ERR, 0)[:max(0, min(resp_capacity, 2))]
         if len(request) != _REQ.size:
             return _refused(err, "request of %d bytes, not %d", len(request), _REQ.size)
         mtype, gpio, value = _REQ.unpack(request)
-        if mtype == S.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
+        if mtype == G.VIRTIO_GPIO_MSG_GET_LINE_NAMES:
             if not self.names_blob:
                 return _refused(err, "GET_LINE_NAMES: no line is named (gpio_names_size 0)")
             if resp_capacity != 1 + len(self.names_blob):
                 return _refused(err, "GET_LINE_NAMES: response buffer of %d bytes, not %d",
                                 resp_capacity, 1 + len(self.names_blob))
-            return bytes([S.VIRTIO_GPIO_STATUS_OK]) + self.names_blob
+            return bytes([G.VIRTIO_GPIO_STATUS_OK]) + self.names_blob
         if resp_capacity != _RESP.size:
             return _refused(err, "message type %d gpio %d: response buffer of %d bytes, not %d",
                             mtype, gpio, resp_capacity, _RESP.size)
@@ -207,22 +207,22 @@ class GpioController:
         except Exception:  # a backend failure must not take the device down
             log.exception("gpio %d: message %d failed in the backend", gpio, mtype)
             return err
-        return _RESP.pack(S.VIRTIO_GPIO_STATUS_OK, out)
+        return _RESP.pack(G.VIRTIO_GPIO_STATUS_OK, out)
 
     def _get_direction(self, gpio: int, value: int) -> int:
         return self._lines[gpio].direction
 
     def _set_direction(self, gpio: int, value: int) -> int:
         line = self._lines[gpio]
-        if value not in S.DIRECTIONS:
+        if value not in G.DIRECTIONS:
             raise _Err("not a direction (NONE 0, OUT 1, IN 2)")
-        if value == S.VIRTIO_GPIO_DIRECTION_NONE:
+        if value == G.VIRTIO_GPIO_DIRECTION_NONE:
             self._disable_irq(gpio)
             self.backend.set_direction(gpio, DIR_NONE)
             line.direction = value
             line.value = 0
             return 0
-        if value == S.VIRTIO_GPIO_DIRECTION_OUT and line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+        if value == G.VIRTIO_GPIO_DIRECTION_OUT and line.irq_type != G.VIRTIO_GPIO_IRQ_TYPE_NONE:
             # an output cannot interrupt; the driver must disable the irq first
             raise _Err("SET_DIRECTION OUT while an irq type is set")
         self.backend.set_direction(gpio, _BACKEND_DIR[value], line.value)
@@ -236,7 +236,7 @@ class GpioController:
         line = self._lines[gpio]
         if value not in (0, 1):
             raise _Err("a value is 0 or 1")
-        if line.direction == S.VIRTIO_GPIO_DIRECTION_OUT:
+        if line.direction == G.VIRTIO_GPIO_DIRECTION_OUT:
             self.backend.set_value(gpio, value)
         line.value = value  # remembered for a later SET_DIRECTION OUT (5.17.6.5)
         return 0
@@ -245,22 +245,22 @@ class GpioController:
         line = self._lines[gpio]
         if not self.irq_feature:
             raise _Err("SET_IRQ_TYPE without VIRTIO_GPIO_F_IRQ negotiated")
-        if value not in S.IRQ_TYPES:
+        if value not in G.IRQ_TYPES:
             raise _Err("not an irq type")
-        if value == S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+        if value == G.VIRTIO_GPIO_IRQ_TYPE_NONE:
             self._disable_irq(gpio)
             return 0
-        if line.direction == S.VIRTIO_GPIO_DIRECTION_OUT:
+        if line.direction == G.VIRTIO_GPIO_DIRECTION_OUT:
             raise _Err("an output line cannot have an irq type")
         if line.irq_type == value:
             return 0
-        if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+        if line.irq_type != G.VIRTIO_GPIO_IRQ_TYPE_NONE:
             raise _Err("an enabled irq type changes only through NONE (5.17.6.6)")
         # changes that happened before this point must not be latched: consume them first
         self._drain_backend(self._outbox)
-        if line.direction == S.VIRTIO_GPIO_DIRECTION_NONE:
+        if line.direction == G.VIRTIO_GPIO_DIRECTION_NONE:
             self.backend.set_direction(gpio, DIR_IN)
-            line.direction = S.VIRTIO_GPIO_DIRECTION_IN
+            line.direction = G.VIRTIO_GPIO_DIRECTION_IN
         self.backend.set_edge(gpio, _EDGE_FOR_IRQ[value])
         line.irq_type = value
         line.latched = False  # latch edges "from this point onward"
@@ -268,22 +268,22 @@ class GpioController:
         return 0
 
     _HANDLERS = {
-        S.VIRTIO_GPIO_MSG_GET_DIRECTION: _get_direction,
-        S.VIRTIO_GPIO_MSG_SET_DIRECTION: _set_direction,
-        S.VIRTIO_GPIO_MSG_GET_VALUE: _get_value,
-        S.VIRTIO_GPIO_MSG_SET_VALUE: _set_value,
-        S.VIRTIO_GPIO_MSG_SET_IRQ_TYPE: _set_irq_type,
+        G.VIRTIO_GPIO_MSG_GET_DIRECTION: _get_direction,
+        G.VIRTIO_GPIO_MSG_SET_DIRECTION: _set_direction,
+        G.VIRTIO_GPIO_MSG_GET_VALUE: _get_value,
+        G.VIRTIO_GPIO_MSG_SET_VALUE: _set_value,
+        G.VIRTIO_GPIO_MSG_SET_IRQ_TYPE: _set_irq_type,
     }
 
     def _disable_irq(self, gpio: int) -> None:
         """Irq type NONE: drop the latch, return a held buffer INVALID (5.17.7 device req.)."""
         line = self._lines[gpio]
-        if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+        if line.irq_type != G.VIRTIO_GPIO_IRQ_TYPE_NONE:
             self.backend.set_edge(gpio, EDGE_NONE)
-        line.irq_type = S.VIRTIO_GPIO_IRQ_TYPE_NONE
+        line.irq_type = G.VIRTIO_GPIO_IRQ_TYPE_NONE
         line.latched = False
         if gpio in self._held:
-            self._outbox.append((self._held.pop(gpio), S.VIRTIO_GPIO_IRQ_STATUS_INVALID))
+            self._outbox.append((self._held.pop(gpio), G.VIRTIO_GPIO_IRQ_STATUS_INVALID))
 
     # ---- eventq -----------------------------------------------------------------------
     def take_completions(self) -> list[Completion]:
@@ -299,8 +299,8 @@ class GpioController:
         """
         out = self.take_completions()
         if gpio is None or not 0 <= gpio < self.ngpio or gpio in self._held \
-                or self._lines[gpio].irq_type == S.VIRTIO_GPIO_IRQ_TYPE_NONE:
-            out.append((token, S.VIRTIO_GPIO_IRQ_STATUS_INVALID))
+                or self._lines[gpio].irq_type == G.VIRTIO_GPIO_IRQ_TYPE_NONE:
+            out.append((token, G.VIRTIO_GPIO_IRQ_STATUS_INVALID))
             return out
         self._held[gpio] = token
         self._try_deliver(gpio, out)
@@ -318,13 +318,13 @@ class GpioController:
                 continue
             line = self._lines[gpio]
             t = line.irq_type
-            if t in S.EDGE_IRQ_TYPES:
-                if (t == S.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH
-                        or (t == S.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING and level)
-                        or (t == S.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING and not level)):
+            if t in G.EDGE_IRQ_TYPES:
+                if (t == G.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH
+                        or (t == G.VIRTIO_GPIO_IRQ_TYPE_EDGE_RISING and level)
+                        or (t == G.VIRTIO_GPIO_IRQ_TYPE_EDGE_FALLING and not level)):
                     line.latched = True
                     self._try_deliver(gpio, out)
-            elif t in S.LEVEL_IRQ_TYPES:
+            elif t in G.LEVEL_IRQ_TYPES:
                 self._try_deliver(gpio, out)
 
     def deliver_pending(self) -> list[Completion]:
@@ -341,16 +341,16 @@ class GpioController:
             return
         line = self._lines[gpio]
         t = line.irq_type
-        if t in S.EDGE_IRQ_TYPES:
+        if t in G.EDGE_IRQ_TYPES:
             fire = line.latched
-        elif t in S.LEVEL_IRQ_TYPES:
+        elif t in G.LEVEL_IRQ_TYPES:
             level = 1 if self.backend.get_value(gpio) else 0
-            fire = level == (1 if t == S.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH else 0)
+            fire = level == (1 if t == G.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH else 0)
         else:
             fire = False
         if fire:
             line.latched = False
-            out.append((self._held.pop(gpio), S.VIRTIO_GPIO_IRQ_STATUS_VALID))
+            out.append((self._held.pop(gpio), G.VIRTIO_GPIO_IRQ_STATUS_VALID))
 
     def held_lines(self) -> list[int]:
         """Lines currently holding an eventq buffer (i.e. unmasked), ascending."""
@@ -379,7 +379,7 @@ class GpioController:
         self._held.clear()
         if keep_lines:
             for gpio, line in enumerate(self._lines):
-                if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+                if line.irq_type != G.VIRTIO_GPIO_IRQ_TYPE_NONE:
                     self._disable_irq(gpio)
         else:
             self.backend.reset_lines()
@@ -414,7 +414,7 @@ class GpioController:
             if line.is_reset():
                 continue
             self.backend.set_direction(gpio, _BACKEND_DIR[line.direction], line.value)
-            if line.irq_type != S.VIRTIO_GPIO_IRQ_TYPE_NONE:
+            if line.irq_type != G.VIRTIO_GPIO_IRQ_TYPE_NONE:
                 self.backend.set_edge(gpio, _EDGE_FOR_IRQ[line.irq_type])
             dst = self._lines[gpio]
             dst.direction, dst.value = line.direction, line.value
@@ -423,7 +423,7 @@ class GpioController:
             if gpio in held and gpio not in self._held:
                 self._held[gpio] = token
             else:
-                out.append((token, S.VIRTIO_GPIO_IRQ_STATUS_INVALID))
+                out.append((token, G.VIRTIO_GPIO_IRQ_STATUS_INVALID))
         for gpio in sorted(self._held):
             self._try_deliver(gpio, out)
         return out
@@ -440,12 +440,12 @@ class GpioController:
                 ln = lines[gpio]
                 ln.direction, ln.value = int(d["direction"]), int(d["value"])
                 ln.irq_type, ln.latched = int(d["irq_type"]), bool(d["latched"])
-                if (ln.direction not in S.DIRECTIONS or ln.value not in (0, 1)
-                        or ln.irq_type not in S.IRQ_TYPES
-                        or (ln.irq_type and ln.direction != S.VIRTIO_GPIO_DIRECTION_IN)):
+                if (ln.direction not in G.DIRECTIONS or ln.value not in (0, 1)
+                        or ln.irq_type not in G.IRQ_TYPES
+                        or (ln.irq_type and ln.direction != G.VIRTIO_GPIO_DIRECTION_IN)):
                     raise ValueError(f"line {gpio}: inconsistent state {d!r}")
             held = {int(g) for g in state["held"]}
-            if any(lines[g].irq_type == S.VIRTIO_GPIO_IRQ_TYPE_NONE for g in held
+            if any(lines[g].irq_type == G.VIRTIO_GPIO_IRQ_TYPE_NONE for g in held
                    if 0 <= g < self.ngpio) or any(not 0 <= g < self.ngpio for g in held):
                 raise ValueError("held buffer on a line without an enabled interrupt")
             return lines, held, bool(state["delivery"]), bool(state["irq_feature"])

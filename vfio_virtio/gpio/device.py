@@ -16,12 +16,12 @@ from typing import Any
 
 from ..virtio.core import VirtioCore
 from ..virtio.queue import Chain
-from . import spec as S
+from . import spec as G
 from .controller import GpioController, decode_irq_request
 
 log = logging.getLogger(__name__)
 
-REQUESTQ, EVENTQ = S.VIRTIO_GPIO_REQUESTQ, S.VIRTIO_GPIO_EVENTQ
+REQUESTQ, EVENTQ = G.VIRTIO_GPIO_REQUESTQ, G.VIRTIO_GPIO_EVENTQ
 MAX_REQUEST_READ = 64          # more than any valid request: an oversize one is seen as such
 BATCH = 64
 
@@ -29,7 +29,7 @@ BATCH = 64
 class VirtioGpioDevice:
     """The device side of virtio-gpio (VirtioDevice protocol of ``virtio.core``)."""
 
-    device_id = S.VIRTIO_ID_GPIO
+    device_id = G.VIRTIO_ID_GPIO
     num_queues = 2
 
     def __init__(self, controller: GpioController, queue_max_size: int = 256) -> None:
@@ -50,7 +50,7 @@ class VirtioGpioDevice:
         self.ctl.gate = lambda: core.running      # delivery follows the core's gating
 
     def device_features(self) -> int:
-        return 1 << S.VIRTIO_GPIO_F_IRQ
+        return 1 << G.VIRTIO_GPIO_F_IRQ
 
     def config_read(self, offset: int, count: int) -> bytes:
         cfg = self.ctl.config_bytes()
@@ -60,7 +60,7 @@ class VirtioGpioDevice:
         log.debug("write to read-only gpio config at %#x ignored", offset)
 
     def start(self) -> None:
-        self.ctl.irq_feature = self.core.has(S.VIRTIO_GPIO_F_IRQ)
+        self.ctl.irq_feature = self.core.has(G.VIRTIO_GPIO_F_IRQ)
         self._complete(self.ctl.deliver_pending())
         self.queue_notify(REQUESTQ)
         self.queue_notify(EVENTQ)
@@ -144,7 +144,7 @@ class VirtioGpioDevice:
     def _event_buffer(self, c: Chain) -> list[tuple[Any, int]]:
         if c.error:
             self.stats["malformed"] += 1
-            return [(c, S.VIRTIO_GPIO_IRQ_STATUS_INVALID)]
+            return [(c, G.VIRTIO_GPIO_IRQ_STATUS_INVALID)]
         try:
             gpio = decode_irq_request(c.read(MAX_REQUEST_READ), c.writable_len)
         except OSError:
@@ -162,7 +162,7 @@ class VirtioGpioDevice:
             except OSError as e:
                 log.warning("eventq chain %d: %s", chain.head, e)
                 n = 0
-            if status == S.VIRTIO_GPIO_IRQ_STATUS_VALID:
+            if status == G.VIRTIO_GPIO_IRQ_STATUS_VALID:
                 self.stats["events"] += 1
             pend.append((chain.head, n))
         if push:

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from ..dma import DmaTable
 from ..vfu import context as vfu
-from . import spec as S
+from . import spec as P
 from ..power import Event, Pm
 from .pm import PowerChange, PowerManagement
 
@@ -109,11 +109,11 @@ class PciFunction:
         ctx.pci_init(express=True)
         ctx.set_ids(ids.vendor, ids.device, ids.subsys_vendor, ids.subsys)
         ctx.set_class(*ids.class_code)
-        self.cfg = ctx.config_view(S.PCI_CFG_SPACE_EXP_SIZE)
-        self.cfg[S.PCI_REVISION_ID] = ids.revision
-        self.cfg[S.PCI_INTERRUPT_PIN] = 1          # INTA#, the fallback when MSI-X is off
+        self.cfg = ctx.config_view(P.PCI_CFG_SPACE_EXP_SIZE)
+        self.cfg[P.PCI_REVISION_ID] = ids.revision
+        self.cfg[P.PCI_INTERRUPT_PIN] = 1          # INTA#, the fallback when MSI-X is off
         # Config callback first, so capabilities can route to it (docs/FACTS.md, libvfio-user).
-        ctx.setup_region(vfu.CFG, S.PCI_CFG_SPACE_EXP_SIZE, _ConfigHandler(self), vfu.REGION_RW)
+        ctx.setup_region(vfu.CFG, P.PCI_CFG_SPACE_EXP_SIZE, _ConfigHandler(self), vfu.REGION_RW)
         pm.offset = ctx.add_capability(pm.cap_bytes(), flags=vfu.CAP_CALLBACK)
         self._msix_off = ctx.add_capability(self._msix_cap()) if msix_vectors else 0
         ctx.add_capability(self._express_cap())
@@ -131,15 +131,15 @@ class PciFunction:
     # --- building -------------------------------------------------------------------------
 
     def _msix_cap(self) -> bytes:
-        ctrl = (self.msix_vectors - 1) & S.PCI_MSIX_FLAGS_QSIZE
-        return struct.pack("<BBHII", S.PCI_CAP_ID_MSIX, 0, ctrl, self.MSIX_BAR,
+        ctrl = (self.msix_vectors - 1) & P.PCI_MSIX_FLAGS_QSIZE
+        return struct.pack("<BBHII", P.PCI_CAP_ID_MSIX, 0, ctrl, self.MSIX_BAR,
                            self.MSIX_PBA_OFFSET | self.MSIX_BAR)
 
     @staticmethod
     def _express_cap() -> bytes:
-        cap = bytearray(S.PCI_CAP_EXP_ENDPOINT_SIZEOF_V2)
-        struct.pack_into("<BBH", cap, 0, S.PCI_CAP_ID_EXP, 0,
-                         S.PCI_EXP_FLAGS_VERS2 | (S.PCI_EXP_TYPE_ENDPOINT << 4))
+        cap = bytearray(P.PCI_CAP_EXP_ENDPOINT_SIZEOF_V2)
+        struct.pack_into("<BBH", cap, 0, P.PCI_CAP_ID_EXP, 0,
+                         P.PCI_EXP_FLAGS_VERS2 | (P.PCI_EXP_TYPE_ENDPOINT << 4))
         struct.pack_into("<I", cap, 0x0C, 0x11)     # LinkCap: 2.5 GT/s, x1
         struct.pack_into("<H", cap, 0x12, 0x11)     # LinkSta: 2.5 GT/s, x1
         return bytes(cap)
@@ -177,13 +177,13 @@ class PciFunction:
     def msix_enabled(self) -> bool:
         if not self._msix_off:
             return False
-        ctrl = struct.unpack_from("<H", self.cfg, self._msix_off + S.PCI_MSIX_FLAGS)[0]
-        return bool(ctrl & S.PCI_MSIX_FLAGS_ENABLE)
+        ctrl = struct.unpack_from("<H", self.cfg, self._msix_off + P.PCI_MSIX_FLAGS)[0]
+        return bool(ctrl & P.PCI_MSIX_FLAGS_ENABLE)
 
     @property
     def intx_disabled(self) -> bool:
-        cmd = struct.unpack_from("<H", self.cfg, S.PCI_COMMAND)[0]
-        return bool(cmd & S.PCI_COMMAND_INTX_DISABLE)
+        cmd = struct.unpack_from("<H", self.cfg, P.PCI_COMMAND)[0]
+        return bool(cmd & P.PCI_COMMAND_INTX_DISABLE)
 
     def trigger_msix(self, vector: int) -> bool:
         """Signal MSI-X ``vector``; False when not deliverable (D3hot, MSI-X off, no eventfd)."""
@@ -242,12 +242,12 @@ class PciFunction:
         """A function reset returns MSI-X Enable/Function Mask and Command's Interrupt
         Disable to their reset values (the client re-programs them)."""
         if self._msix_off:
-            pos = self._msix_off + S.PCI_MSIX_FLAGS
+            pos = self._msix_off + P.PCI_MSIX_FLAGS
             ctrl = struct.unpack_from("<H", self.cfg, pos)[0]
-            ctrl &= ~(S.PCI_MSIX_FLAGS_ENABLE | S.PCI_MSIX_FLAGS_MASKALL)
+            ctrl &= ~(P.PCI_MSIX_FLAGS_ENABLE | P.PCI_MSIX_FLAGS_MASKALL)
             struct.pack_into("<H", self.cfg, pos, ctrl)
-        cmd = struct.unpack_from("<H", self.cfg, S.PCI_COMMAND)[0]
-        struct.pack_into("<H", self.cfg, S.PCI_COMMAND, cmd & ~S.PCI_COMMAND_INTX_DISABLE)
+        cmd = struct.unpack_from("<H", self.cfg, P.PCI_COMMAND)[0]
+        struct.pack_into("<H", self.cfg, P.PCI_COMMAND, cmd & ~P.PCI_COMMAND_INTX_DISABLE)
 
     def _on_dma(self, mapped: bool, iova: int, length: int, vaddr: int, prot: int) -> None:
         if mapped:
@@ -271,7 +271,7 @@ class _ConfigHandler:
 
     def _route(self, offset: int, count: int):
         pm = self.fn.pm
-        if pm.offset and pm.offset <= offset < pm.offset + S.PCI_PM_SIZEOF:
+        if pm.offset and pm.offset <= offset < pm.offset + P.PCI_PM_SIZEOF:
             return "pm", None
         for off, size, handler in self.fn._cb_caps:
             if off <= offset < off + size:
@@ -279,7 +279,7 @@ class _ConfigHandler:
         return None, None
 
     def read(self, offset: int, count: int) -> bytes:
-        if offset < 0 or offset + count > S.PCI_CFG_SPACE_EXP_SIZE:
+        if offset < 0 or offset + count > P.PCI_CFG_SPACE_EXP_SIZE:
             raise OSError(errno.EINVAL, "config read out of range")
         kind, extra = self._route(offset, count)
         if kind == "pm":
@@ -290,7 +290,7 @@ class _ConfigHandler:
         return bytes(self.fn.cfg[offset:offset + count])
 
     def write(self, offset: int, data: bytes) -> None:
-        if offset < 0 or offset + len(data) > S.PCI_CFG_SPACE_EXP_SIZE:
+        if offset < 0 or offset + len(data) > P.PCI_CFG_SPACE_EXP_SIZE:
             raise OSError(errno.EINVAL, "config write out of range")
         kind, extra = self._route(offset, len(data))
         if kind == "pm":

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..power import Power
-from . import spec as S
+from . import spec as P
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PowerManagement:
         self.pme_support = pme_support & 0x1F      # PMC bits 15:11
         self.offset = 0                            # set by the PCI function once placed
         self.cfg: memoryview | None = None         # config space, set by the PCI function
-        self.state = S.PCI_D0
+        self.state = P.PCI_D0
         self.pme_enable = False
         self.pme_status = False
         self.wake_pending = False
@@ -68,22 +68,22 @@ class PowerManagement:
 
     @property
     def pmc(self) -> int:
-        return 3 | (self.pme_support << S.PCI_PM_CAP_PME_SHIFT)
+        return 3 | (self.pme_support << P.PCI_PM_CAP_PME_SHIFT)
 
     @property
     def pmcsr(self) -> int:
         v = self.state
         if self.no_soft_reset:
-            v |= S.PCI_PM_CTRL_NO_SOFT_RESET
+            v |= P.PCI_PM_CTRL_NO_SOFT_RESET
         if self.pme_enable:
-            v |= S.PCI_PM_CTRL_PME_ENABLE
+            v |= P.PCI_PM_CTRL_PME_ENABLE
         if self.pme_status:
-            v |= S.PCI_PM_CTRL_PME_STATUS
+            v |= P.PCI_PM_CTRL_PME_STATUS
         return v
 
     def cap_bytes(self) -> bytes:
         """The capability as it stands (header's next pointer left 0 for libvfio-user)."""
-        return struct.pack("<BBHHBB", S.PCI_CAP_ID_PM, 0, self.pmc, self.pmcsr, 0, 0)
+        return struct.pack("<BBHHBB", P.PCI_CAP_ID_PM, 0, self.pmc, self.pmcsr, 0, 0)
 
     def read(self, offset: int, count: int, cfg: memoryview) -> bytes:
         """Config read at absolute ``offset`` inside the capability."""
@@ -94,29 +94,29 @@ class PowerManagement:
         """Config write at absolute ``offset``; only the bytes written are affected."""
         rel = offset - self.offset
         image = bytearray(self.cap_bytes())
-        old = struct.unpack_from("<H", image, S.PCI_PM_CTRL)[0]
+        old = struct.unpack_from("<H", image, P.PCI_PM_CTRL)[0]
         touched = 0
         for i, b in enumerate(data):
             pos = rel + i
-            if S.PCI_PM_CTRL <= pos < S.PCI_PM_CTRL + 2:
-                shift = 8 * (pos - S.PCI_PM_CTRL)
+            if P.PCI_PM_CTRL <= pos < P.PCI_PM_CTRL + 2:
+                shift = 8 * (pos - P.PCI_PM_CTRL)
                 touched |= 0xFF << shift
                 image[pos] = b
             else:
                 log.debug("PM: write to read-only byte %#x ignored", self.offset + pos)
         if touched:
-            self._write_pmcsr(struct.unpack_from("<H", image, S.PCI_PM_CTRL)[0], old, touched)
+            self._write_pmcsr(struct.unpack_from("<H", image, P.PCI_PM_CTRL)[0], old, touched)
         self.sync(cfg)
 
     def _write_pmcsr(self, new: int, old: int, touched: int) -> None:
-        if touched & S.PCI_PM_CTRL_PME_STATUS and new & S.PCI_PM_CTRL_PME_STATUS:
+        if touched & P.PCI_PM_CTRL_PME_STATUS and new & P.PCI_PM_CTRL_PME_STATUS:
             self.pme_status = False                       # RW1C
-        if touched & S.PCI_PM_CTRL_PME_ENABLE and self.pme_support:
-            self.pme_enable = bool(new & S.PCI_PM_CTRL_PME_ENABLE)
-        if touched & S.PCI_PM_CTRL_STATE_MASK:
-            target = new & S.PCI_PM_CTRL_STATE_MASK
-            if target in (S.PCI_D1, S.PCI_D2):
-                log.info("PM: write of unsupported %s discarded", S.D_STATE_NAMES[target])
+        if touched & P.PCI_PM_CTRL_PME_ENABLE and self.pme_support:
+            self.pme_enable = bool(new & P.PCI_PM_CTRL_PME_ENABLE)
+        if touched & P.PCI_PM_CTRL_STATE_MASK:
+            target = new & P.PCI_PM_CTRL_STATE_MASK
+            if target in (P.PCI_D1, P.PCI_D2):
+                log.info("PM: write of unsupported %s discarded", P.D_STATE_NAMES[target])
             elif target != self.state:
                 self._set_state(target, Cause.WRITE)
 
@@ -124,12 +124,12 @@ class PowerManagement:
         """The one path every power-state change takes: set, mirror, tell the listeners."""
         old, self.state = self.state, new
         # A D3hot -> D0 write leaves a wake mark until anything else happens (see power).
-        self.wake_pending = cause is Cause.WRITE and old == S.PCI_D3hot and new == S.PCI_D0
+        self.wake_pending = cause is Cause.WRITE and old == P.PCI_D3hot and new == P.PCI_D0
         if self.cfg is not None:
             self.sync(self.cfg)
         if old != new:
-            log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", S.D_STATE_NAMES[old],
-                     S.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
+            log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", P.D_STATE_NAMES[old],
+                     P.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
         change = PowerChange(old, new, cause)
         for cb in list(self.listeners):
             cb(change)
@@ -138,19 +138,19 @@ class PowerManagement:
         """Mirror the registers into config space, keeping libvfio-user's next pointer."""
         img = bytearray(self.cap_bytes())
         img[1] = cfg[self.offset + 1]
-        cfg[self.offset:self.offset + S.PCI_PM_SIZEOF] = img
+        cfg[self.offset:self.offset + P.PCI_PM_SIZEOF] = img
 
     # --- facts for the layers above -----------------------------------------------------
 
     @property
     def decodes_bars(self) -> bool:
         """PCI PM 1.2, 5.3: in D3hot only configuration accesses are honoured."""
-        return self.state == S.PCI_D0
+        return self.state == P.PCI_D0
 
     @property
     def power(self) -> Power:
         """The power state as the reset policy sees it (``power.Power``)."""
-        if self.state == S.PCI_D3hot:
+        if self.state == P.PCI_D3hot:
             return Power.D3HOT
         return Power.D0_WOKEN if self.wake_pending else Power.D0
 
@@ -162,7 +162,7 @@ class PowerManagement:
         """Function reset: D0, PME disabled (No_Soft_Reset is hardwired)."""
         self.pme_enable = False
         self.pme_status = False
-        self._set_state(S.PCI_D0, Cause.RESET)
+        self._set_state(P.PCI_D0, Cause.RESET)
 
     def get_state(self) -> dict:
         return {"state": self.state, "pme_enable": self.pme_enable,
@@ -171,7 +171,7 @@ class PowerManagement:
     def set_state(self, d: dict) -> None:
         """Restore a :meth:`get_state`; ValueError (nothing changed) if it is invalid."""
         state = int(d["state"]) & 3
-        if state not in (S.PCI_D0, S.PCI_D3hot):
+        if state not in (P.PCI_D0, P.PCI_D3hot):
             raise ValueError(f"invalid power state {state} in snapshot")
         self.pme_enable = bool(d.get("pme_enable")) and bool(self.pme_support)
         self.pme_status = bool(d.get("pme_status"))

@@ -18,7 +18,7 @@ import os
 import struct
 
 from vfio_virtio.dma import DmaTable, ffi, lib
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio.virtio import ring_spec as R
 from vfio_virtio.virtio.ring_py import PyRing, RawChain
 
 _CHAIN = struct.Struct("<IiIIII")
@@ -43,7 +43,7 @@ class Chain:
         self._gen = dma._generation
 
     def __repr__(self) -> str:
-        err = S.ERR_NAMES.get(self.error, self.error) if self.error else 0
+        err = R.ERR_NAMES.get(self.error, self.error) if self.error else 0
         return (f"Chain(head={self.head}, error={err}, r={self.readable_len}, "
                 f"w={self.writable_len}, iovs={len(self.iovs)})")
 
@@ -159,8 +159,8 @@ class Virtqueue:
         impl = impl or os.environ.get("VFIO_VIRTIO_RING") or "c"
         if impl not in ("c", "py"):
             raise ValueError(f"impl must be 'c' or 'py', not {impl!r}")
-        if not 0 < max_size <= S.VQ_MAX_SIZE or max_size & (max_size - 1):
-            raise ValueError(f"max_size {max_size}: power of 2 up to {S.VQ_MAX_SIZE}")
+        if not 0 < max_size <= R.VQ_MAX_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"max_size {max_size}: power of 2 up to {R.VQ_MAX_SIZE}")
         self.index = index
         self.dma = dma
         self.max_size = max_size

@@ -14,7 +14,7 @@ import errno
 import struct
 
 from vfio_virtio.dma import PROT_READ, PROT_WRITE, DmaTable
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio.virtio import ring_spec as R
 
 _DESC = struct.Struct("<QIHH")
 _ELEM = struct.Struct("<II")
@@ -65,10 +65,10 @@ class PyRing:
     def check(self) -> int:
         """0, or VQ_BROKEN_CONFIG for a bad size or a misaligned ring (2.7)."""
         s = self.size
-        if s <= 0 or s > S.VQ_MAX_SIZE or s & (s - 1):
-            return S.VQ_BROKEN_CONFIG
+        if s <= 0 or s > R.VQ_MAX_SIZE or s & (s - 1):
+            return R.VQ_BROKEN_CONFIG
         if self.desc_addr & 15 or self.driver_addr & 1 or self.device_addr & 3:
-            return S.VQ_BROKEN_CONFIG
+            return R.VQ_BROKEN_CONFIG
         return 0
 
     def _map_rings(self) -> tuple[int, int, int, int]:
@@ -78,10 +78,10 @@ class PyRing:
             return rc, 0, 0, 0
         t = self.dma.translate
         desc = t(self.desc_addr, 16 * self.size, PROT_READ)
-        avail = t(self.driver_addr, S.avail_ring_bytes(self.size, self.event_idx), PROT_READ)
-        used = t(self.device_addr, S.used_ring_bytes(self.size, self.event_idx), PROT_WRITE)
+        avail = t(self.driver_addr, R.avail_ring_bytes(self.size, self.event_idx), PROT_READ)
+        used = t(self.device_addr, R.used_ring_bytes(self.size, self.event_idx), PROT_WRITE)
         if not desc or not avail or not used:
-            return S.VQ_BROKEN_RING_UNMAPPED, 0, 0, 0
+            return R.VQ_BROKEN_RING_UNMAPPED, 0, 0, 0
         return 0, desc, avail, used
 
     def _walk(self, desc: int, head: int, cap: int) -> RawChain:
@@ -89,21 +89,21 @@ class PyRing:
         w = _Walk(desc, head, self.size)
         while True:
             if w.ttl == 0:
-                err = S.VQ_ERR_CHAIN_LEN
+                err = R.VQ_ERR_CHAIN_LEN
                 break
             w.ttl -= 1
             addr, length, flags, nxt = _DESC.unpack(ctypes.string_at(w.table + 16 * w.idx, 16))
-            if flags & S.VRING_DESC_F_INDIRECT:
+            if flags & R.VRING_DESC_F_INDIRECT:
                 err = self._enter_indirect(w, addr, length, flags)
                 if err:
                     break
                 continue
             err = self._add_buffer(w, addr, length, flags, cap)
-            if err or not flags & S.VRING_DESC_F_NEXT:
+            if err or not flags & R.VRING_DESC_F_NEXT:
                 break
             w.idx = nxt
             if w.idx >= w.tsize:
-                err = S.VQ_ERR_DESC_INDEX
+                err = R.VQ_ERR_DESC_INDEX
                 break
         if err:
             return (head, err, 0, 0, ())
@@ -113,16 +113,16 @@ class PyRing:
         """Switch ``w`` to the indirect table at ``addr`` (2.7.5.3.1: needs the feature, one
         table per chain, never with NEXT). Returns 0 or a VQ_ERR_* code."""
         if not self.indirect:
-            return S.VQ_ERR_INDIRECT_FEATURE
+            return R.VQ_ERR_INDIRECT_FEATURE
         if w.in_indirect:
-            return S.VQ_ERR_NESTED_INDIRECT
-        if flags & S.VRING_DESC_F_NEXT:
-            return S.VQ_ERR_INDIRECT_NEXT
+            return R.VQ_ERR_NESTED_INDIRECT
+        if flags & R.VRING_DESC_F_NEXT:
+            return R.VQ_ERR_INDIRECT_NEXT
         if length == 0 or length & 15 or length // 16 > self.size:
-            return S.VQ_ERR_INDIRECT_LEN
+            return R.VQ_ERR_INDIRECT_LEN
         t = self.dma.translate(addr, length, PROT_READ)
         if not t:
-            return S.VQ_ERR_INDIRECT_UNMAPPED
+            return R.VQ_ERR_INDIRECT_UNMAPPED
         w.table, w.in_indirect, w.tsize, w.idx = t, True, length // 16, 0
         w.ttl = w.tsize
         return 0
@@ -131,18 +131,18 @@ class PyRing:
         """Append one buffer to ``w``, translated with the permission it needs (2.7.4.2:
         writable buffers come last). Returns 0 or a VQ_ERR_* code; _NoSpace past ``cap``."""
         if length == 0:
-            return S.VQ_ERR_ZERO_LEN
-        writable = 1 if flags & S.VRING_DESC_F_WRITE else 0
+            return R.VQ_ERR_ZERO_LEN
+        writable = 1 if flags & R.VRING_DESC_F_WRITE else 0
         if not writable and w.seen_write:
-            return S.VQ_ERR_ORDER
+            return R.VQ_ERR_ORDER
         host = self.dma.translate(addr, length, PROT_WRITE if writable else PROT_READ)
         if not host:
-            return S.VQ_ERR_UNMAPPED
+            return R.VQ_ERR_UNMAPPED
         w.total += length
         if w.total > 0xFFFFFFFF:
-            return S.VQ_ERR_LEN_OVERFLOW
+            return R.VQ_ERR_LEN_OVERFLOW
         if len(w.iovs) >= self.size:
-            return S.VQ_ERR_CHAIN_LEN
+            return R.VQ_ERR_CHAIN_LEN
         if len(w.iovs) >= cap:
             raise _NoSpace()
         w.iovs.append((host, addr, length, writable))
@@ -170,12 +170,12 @@ class PyRing:
         while True:
             avail_idx = _u16(avail + 2)
             if (avail_idx - self.last_avail_idx) & 0xFFFF > self.size:
-                self.broken = S.VQ_BROKEN_AVAIL_IDX
+                self.broken = R.VQ_BROKEN_AVAIL_IDX
                 return out
             while len(out) < max_chains and self.last_avail_idx != avail_idx:
                 head = _u16(avail + 4 + 2 * (self.last_avail_idx & mask))
                 if head >= self.size:
-                    self.broken = S.VQ_BROKEN_HEAD
+                    self.broken = R.VQ_BROKEN_HEAD
                     return out
                 try:
                     chain = self._walk(desc, head, max_iovs - used_iovs)
@@ -233,5 +233,5 @@ class PyRing:
         self.signalled_used, self.signalled_used_valid = now, True
         if self.event_idx:
             ev = _u16(avail + 4 + 2 * self.size)
-            return not valid or S.vring_need_event(ev, now, old)
-        return not _u16(avail) & S.VRING_AVAIL_F_NO_INTERRUPT
+            return not valid or R.vring_need_event(ev, now, old)
+        return not _u16(avail) & R.VRING_AVAIL_F_NO_INTERRUPT

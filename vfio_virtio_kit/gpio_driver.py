@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import struct
 
-from ..gpio import spec as G
-from ..virtio import spec as V
+from vfio_virtio.gpio import spec as G
+from vfio_virtio.virtio import spec as V
 from .guestmem import GuestMemory
 from .vfio_user import VfioUserClient
 from .virtio_pci import VirtioPciDriver

@@ -9,8 +9,8 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.virtio import ring_spec as S
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio.virtio import ring_spec as R
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
@@ -33,9 +33,9 @@ class DriverRing:
         self.size = size
         self.event_idx = event_idx
         self.indirect = indirect
-        self.desc_addr = mem.alloc(S.DESC_SIZE * size, S.DESC_ALIGN)
-        self.avail_addr = mem.alloc(S.avail_ring_bytes(size, True), S.AVAIL_ALIGN)
-        self.used_addr = mem.alloc(S.used_ring_bytes(size, True), S.USED_ALIGN)
+        self.desc_addr = mem.alloc(R.DESC_SIZE * size, R.DESC_ALIGN)
+        self.avail_addr = mem.alloc(R.avail_ring_bytes(size, True), R.AVAIL_ALIGN)
+        self.used_addr = mem.alloc(R.used_ring_bytes(size, True), R.USED_ALIGN)
         self._arena = mem.alloc(arena, 16)
         self._arena_size = arena
         self._arena_pos = 0
@@ -69,14 +69,14 @@ class DriverRing:
                    table: int | None = None) -> None:
         """Write descriptor i of the ring's table (or of an indirect ``table`` IOVA)."""
         base = self.desc_addr if table is None else table
-        self.mem.write(base + S.DESC_SIZE * i, _DESC.pack(addr, length, flags, next))
+        self.mem.write(base + R.DESC_SIZE * i, _DESC.pack(addr, length, flags, next))
 
     def write_indirect(self, entries: list[tuple[int, int, int, int]]) -> tuple[int, int]:
         """Put an indirect table of (addr, len, flags, next) in the arena; (iova, len)."""
-        iova = self.buf(S.DESC_SIZE * len(entries))
+        iova = self.buf(R.DESC_SIZE * len(entries))
         for i, e in enumerate(entries):
             self.write_desc(i, *e, table=iova)
-        return iova, S.DESC_SIZE * len(entries)
+        return iova, R.DESC_SIZE * len(entries)
 
     def put_avail(self, head: int) -> None:
         """Place head in the next available ring slot; visible after :meth:`publish`."""
@@ -116,7 +116,7 @@ class DriverRing:
         buffers of ``in_lens`` bytes. Indirect puts them in one indirect table (needs
         VIRTIO_F_INDIRECT_DESC). Returns the head. Raises RingFull."""
         bufs = [(self.buf(len(b), b), len(b), 0) for b in out]
-        bufs += [(self.buf(n), n, S.VRING_DESC_F_WRITE) for n in in_lens]
+        bufs += [(self.buf(n), n, R.VRING_DESC_F_WRITE) for n in in_lens]
         if not bufs:
             raise ValueError("a chain needs at least one buffer")
         need = 1 if indirect else len(bufs)
@@ -124,14 +124,14 @@ class DriverRing:
             raise RingFull(f"{len(self._free)} free descriptors, {need} needed")
         idxs = [self._free.popleft() for _ in range(need)]
         if indirect:
-            entries = [(a, n, f | (S.VRING_DESC_F_NEXT if k + 1 < len(bufs) else 0), k + 1)
+            entries = [(a, n, f | (R.VRING_DESC_F_NEXT if k + 1 < len(bufs) else 0), k + 1)
                        for k, (a, n, f) in enumerate(bufs)]
             t, tlen = self.write_indirect(entries)
-            self.write_desc(idxs[0], t, tlen, S.VRING_DESC_F_INDIRECT, 0)
+            self.write_desc(idxs[0], t, tlen, R.VRING_DESC_F_INDIRECT, 0)
         else:
             for k, (a, n, f) in enumerate(bufs):
                 last = k + 1 == len(bufs)
-                self.write_desc(idxs[k], a, n, f | (0 if last else S.VRING_DESC_F_NEXT),
+                self.write_desc(idxs[k], a, n, f | (0 if last else R.VRING_DESC_F_NEXT),
                                 0 if last else idxs[k + 1])
         self._chains[idxs[0]] = (idxs, [(a, n) for a, n, f in bufs if f])
         self.put_avail(idxs[0])
@@ -190,7 +190,7 @@ class DriverRing:
 
     def suppress_interrupts(self, on: bool = True) -> None:
         """Set/clear VRING_AVAIL_F_NO_INTERRUPT (2.7.7; ignored by devices with event idx)."""
-        self.avail_flags = S.VRING_AVAIL_F_NO_INTERRUPT if on else 0
+        self.avail_flags = R.VRING_AVAIL_F_NO_INTERRUPT if on else 0
 
     @property
     def used_event(self) -> int:
@@ -212,8 +212,8 @@ class DriverRing:
         old, new = self._kick_old, self.avail_idx
         self._kick_old = new
         if self.event_idx:
-            return S.vring_need_event(self.avail_event, new, old)
-        return not self.used_flags & S.VRING_USED_F_NO_NOTIFY
+            return R.vring_need_event(self.avail_event, new, old)
+        return not self.used_flags & R.VRING_USED_F_NO_NOTIFY
 
     def attach(self, vq) -> None:
         """Give a device-side Virtqueue this ring's addresses, size and features."""

@@ -1,4 +1,4 @@
-"""Guest power-management scenarios on a :class:`~vfio_virtio.testing.machine.GuestMachine`.
+"""Guest power-management scenarios on a :class:`~vfio_virtio_kit.machine.GuestMachine`.
 
 All run through the guest's sysfs (Documentation/power/basic-pm-debugging.rst,
 Documentation/admin-guide/pm/sleep-states.rst):

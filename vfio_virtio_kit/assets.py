@@ -32,7 +32,7 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class GuestAssets:
-    """Paths of everything a :class:`~vfio_virtio.testing.machine.GuestMachine` boots."""
+    """Paths of everything a :class:`~vfio_virtio_kit.machine.GuestMachine` boots."""
 
     qemu: Path            # wrapper script running the private QEMU
     qemu_version: str     # Debian version of qemu-system-x86

@@ -5,7 +5,7 @@ Written from the specification's register table, as Linux's virtio_mmio uses it:
 aligned register accesses only (4.2.2.2), one interrupt for everything (4.2.3.4) read from
 InterruptStatus and acknowledged through InterruptACK. The interrupt is INTx (an eventfd on
 VFIO_PCI_INTX_IRQ_INDEX) or MSI-X vector 0. The method names follow
-:class:`~vfio_virtio.testing.virtio_pci.VirtioPciDriver` so :class:`GpioDriver` drives either.
+:class:`~vfio_virtio_kit.virtio_pci.VirtioPciDriver` so :class:`GpioDriver` drives either.
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import struct
 import time
 
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.driver_ring import DriverRing
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.driver_ring import DriverRing
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import VfioUserClient
 from vfio_virtio.virtio import mmio_spec as M
 from vfio_virtio.virtio import spec as V
-from vfio_virtio.testing.virtio_driver_base import VirtioDriverBase
+from vfio_virtio_kit.virtio_driver_base import VirtioDriverBase
 
 BAR = 0
 
@@ -270,7 +270,7 @@ def open_gpio(socket: str, irq: str = "intx", features: int | None = None,
               queue_size: int | None = 16, bring_up: bool = True, timeout: float = 5.0):
     """A :class:`GpioDriver` over virtio-mmio: connected, memory mapped, interrupt wired,
     brought up with requestq and eventq unless ``bring_up`` is False."""
-    from vfio_virtio.testing.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
+    from vfio_virtio_kit.gpio_driver import DEFAULT_FEATURES, EVENTQ, REQUESTQ, GpioDriver
     client = VfioUserClient(socket, timeout=timeout)
     mem = GuestMemory(8 << 20, iova=0x100000)
     try:

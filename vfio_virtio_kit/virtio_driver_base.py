@@ -1,7 +1,7 @@
 """What every driver-side virtio transport shares: feature negotiation (virtio 1.3, 3.1.1)."""
 from __future__ import annotations
 
-from ..virtio import spec as V
+from vfio_virtio.virtio import spec as V
 
 
 class VirtioDriverBase:

@@ -2,8 +2,8 @@
 
 Written from the specification, not from the device code, so that tests can check
 the device against an independent reading. Guest memory is a
-:class:`~vfio_virtio.testing.guestmem.GuestMemory` mapped to the device with one
-DMA map; queues are :class:`~vfio_virtio.testing.driver_ring.DriverRing` split rings.
+:class:`~vfio_virtio_kit.guestmem.GuestMemory` mapped to the device with one
+DMA map; queues are :class:`~vfio_virtio_kit.driver_ring.DriverRing` split rings.
 Interrupts are MSI-X vectors wired to eventfds (VFIO_USER_DEVICE_SET_IRQS).
 """
 
@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 
 from vfio_virtio.pci import spec as P
-from vfio_virtio.testing import vfio_user_spec as U
-from vfio_virtio.testing.driver_ring import DriverRing
-from vfio_virtio.testing.guestmem import GuestMemory
-from vfio_virtio.testing.vfio_user import VfioUserClient
+from vfio_virtio_kit import vfio_user_spec as U
+from vfio_virtio_kit.driver_ring import DriverRing
+from vfio_virtio_kit.guestmem import GuestMemory
+from vfio_virtio_kit.vfio_user import VfioUserClient
 from vfio_virtio.virtio import spec as V
-from vfio_virtio.testing.virtio_driver_base import VirtioDriverBase
+from vfio_virtio_kit.virtio_driver_base import VirtioDriverBase
 
 _CAP = struct.Struct("<BBBBBB2xII")      # 4.1.4 struct virtio_pci_cap
 

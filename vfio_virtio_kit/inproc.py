@@ -3,7 +3,7 @@
 :class:`InProcessServer` builds the real :class:`~vfio_virtio.server.GpioServer` (real
 libvfio-user context, PM capability, PCI function, virtio transport, core, gpio device,
 sim backend) and never attaches a client. :class:`LocalClient` offers the part of
-:class:`~vfio_virtio.testing.vfio_user.VfioUserClient` that the driver-side classes use
+:class:`~vfio_virtio_kit.vfio_user.VfioUserClient` that the driver-side classes use
 (config and BAR accesses, DMA map/unmap, IRQ wiring, resets) by entering the same Python
 entry points libvfio-user's callbacks enter: the region handlers, the reset callback and the
 DMA callback. What libvfio-user itself emulates for a client (the standard header's Command
@@ -20,9 +20,9 @@ import mmap
 import os
 import tempfile
 
-from ..pci import spec as P
-from ..server import GpioServer, ServerConfig
-from ..vfu import context as vfu
+from vfio_virtio.pci import spec as P
+from vfio_virtio.server import GpioServer, ServerConfig
+from vfio_virtio.vfu import context as vfu
 
 CFG = vfu.CFG
 

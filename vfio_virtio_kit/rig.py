@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..client import ControlClient
+from vfio_virtio.client import ControlClient
 from . import guest_pm
 from .machine import GuestMachine
 from .server_proc import ServerProcess

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from vfio_virtio.testing import vfio_user_spec as S
+from vfio_virtio_kit import vfio_user_spec as U
 
 
 class VfioUserError(OSError):
@@ -16,7 +16,7 @@ class VfioUserError(OSError):
     field holds a UNIX errno; 0 is reported as EINVAL)."""
 
     def __init__(self, errno: int, command: int) -> None:
-        name = S.COMMAND_NAMES.get(command, f"command {command}")
+        name = U.COMMAND_NAMES.get(command, f"command {command}")
         super().__init__(errno, f"{name} failed: {os.strerror(errno)}")
         self.command = command
 
@@ -34,7 +34,7 @@ class ServerDisconnected(ConnectionError):
 
 def build_header(msg_id: int, command: int, msg_size: int, flags: int = 0, error: int = 0) -> bytes:
     """The 16-byte header of spec "Header" (no range checks: tests build bad ones)."""
-    return S.HEADER.pack(msg_id & 0xFFFF, command & 0xFFFF, msg_size & 0xFFFFFFFF,
+    return U.HEADER.pack(msg_id & 0xFFFF, command & 0xFFFF, msg_size & 0xFFFFFFFF,
                          flags & 0xFFFFFFFF, error & 0xFFFFFFFF)
 
 
@@ -51,11 +51,11 @@ class Message:
 
     @property
     def is_reply(self) -> bool:
-        return self.flags & S.VFIO_USER_F_TYPE_MASK == S.VFIO_USER_F_TYPE_REPLY
+        return self.flags & U.VFIO_USER_F_TYPE_MASK == U.VFIO_USER_F_TYPE_REPLY
 
     @property
     def is_error(self) -> bool:
-        return bool(self.flags & S.VFIO_USER_F_ERROR)
+        return bool(self.flags & U.VFIO_USER_F_ERROR)
 
     def require(self, n: int) -> None:
         """Raise VfioUserProtocolError if the payload is shorter than ``n``."""
@@ -63,7 +63,7 @@ class Message:
             for fd in self.fds:
                 os.close(fd)
             raise VfioUserProtocolError(
-                f"{S.COMMAND_NAMES.get(self.command, self.command)} reply of {len(self.payload)} bytes < {n}")
+                f"{U.COMMAND_NAMES.get(self.command, self.command)} reply of {len(self.payload)} bytes < {n}")
 
 
 class DeviceInfo(NamedTuple):
@@ -93,23 +93,23 @@ class RegionInfo:
 
     @property
     def readable(self) -> bool:
-        return bool(self.flags & S.VFIO_REGION_INFO_FLAG_READ)
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_READ)
 
     @property
     def writable(self) -> bool:
-        return bool(self.flags & S.VFIO_REGION_INFO_FLAG_WRITE)
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_WRITE)
 
     @property
     def mmappable(self) -> bool:
-        return bool(self.flags & S.VFIO_REGION_INFO_FLAG_MMAP)
+        return bool(self.flags & U.VFIO_REGION_INFO_FLAG_MMAP)
 
     def sparse_areas(self) -> list[tuple[int, int]]:
         """(offset, size) pairs of a VFIO_REGION_INFO_CAP_SPARSE_MMAP capability."""
         for cid, _ver, body in self.caps:
-            if cid == S.VFIO_REGION_INFO_CAP_SPARSE_MMAP and len(body) >= S.SPARSE_MMAP_HEADER.size:
-                n, _ = S.SPARSE_MMAP_HEADER.unpack_from(body)
-                n = min(n, (len(body) - S.SPARSE_MMAP_HEADER.size) // S.SPARSE_MMAP_AREA.size)
-                return [S.SPARSE_MMAP_AREA.unpack_from(body, S.SPARSE_MMAP_HEADER.size + i * 16)
+            if cid == U.VFIO_REGION_INFO_CAP_SPARSE_MMAP and len(body) >= U.SPARSE_MMAP_HEADER.size:
+                n, _ = U.SPARSE_MMAP_HEADER.unpack_from(body)
+                n = min(n, (len(body) - U.SPARSE_MMAP_HEADER.size) // U.SPARSE_MMAP_AREA.size)
+                return [U.SPARSE_MMAP_AREA.unpack_from(body, U.SPARSE_MMAP_HEADER.size + i * 16)
                         for i in range(n)]
         return []
 
@@ -124,11 +124,11 @@ def parse_region_caps(payload: bytes, cap_offset: int) -> list[tuple[int, int, b
     the start of the region info structure; bounded, loop-safe)."""
     caps: list[tuple[int, int, bytes]] = []
     off, seen = cap_offset, set()
-    while off and off not in seen and off + S.INFO_CAP_HEADER.size <= len(payload) and len(caps) < 64:
+    while off and off not in seen and off + U.INFO_CAP_HEADER.size <= len(payload) and len(caps) < 64:
         seen.add(off)
-        cid, ver, nxt = S.INFO_CAP_HEADER.unpack_from(payload, off)
+        cid, ver, nxt = U.INFO_CAP_HEADER.unpack_from(payload, off)
         end = nxt if off < nxt <= len(payload) else len(payload)
-        caps.append((cid, ver, bytes(payload[off + S.INFO_CAP_HEADER.size:end])))
+        caps.append((cid, ver, bytes(payload[off + U.INFO_CAP_HEADER.size:end])))
         off = nxt
     return caps
 

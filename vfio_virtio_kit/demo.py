@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .testing import guest_pm
-from .testing.assets import AssetsMissing, find_assets
-from .testing.rig import Rig, hold_output, release_output, wait_host
+from vfio_virtio_kit import guest_pm
+from vfio_virtio_kit.assets import AssetsMissing, find_assets
+from vfio_virtio_kit.rig import Rig, hold_output, release_output, wait_host
 
 NAMES = "led0,led1,button,relay,alarm,spare5,spare6,spare7"
 LED, BUTTON, RELAY, ALARM = 0, 2, 3, 4
@@ -130,7 +130,7 @@ def part_reset(s: Story, workdir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vfio_virtio.demo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m vfio_virtio_kit.demo", description=__doc__)
     ap.add_argument("--workdir", help="where logs go (default: a temporary directory)")
     args = ap.parse_args(argv)
     try:
