@@ -93,7 +93,9 @@ class FastPath:
             finally:
                 self.sync()
         bar.read, bar.write = read_then_sync, write_then_sync
-        device.defer = lambda work: defer(lambda: (work(), self.sync()))
+        # Deferred device work (resume) changes no common-config register; a broken queue
+        # goes through needs_reset above.
+        device.defer = lambda work: defer(lambda: (work(), self.sync(registers=False)))
         # The device's own scans of the requestq (DRIVER_OK, resume) take the C route too.
         queue_notify = device.queue_notify
 

@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..pci import spec as P
 from ..pci.function import PciFunction
+from ..power import NOTHING
 from . import spec as V
 from .core import VirtioCore
 from .transport_base import TransportBase
@@ -269,8 +270,8 @@ class VirtioPciTransport(TransportBase):
         """The shared half decides and applies; the C register image (when the fast path is
         installed) is then re-rendered from the registers the reset changed."""
         outcome = super().reset_event(event)
-        if self.fast is not None:
-            self.fast.sync()
+        if self.fast is not None and outcome != NOTHING:
+            self.fast.sync()                  # (gating alone is re-rendered by its listener)
         return outcome
 
     # --- snapshot -----------------------------------------------------------------------

@@ -127,10 +127,12 @@ class TransportBase:
                          reset_lines_on_disconnect=self.reset_lines_on_disconnect)
         if outcome == NOTHING:
             log.info("%s: state kept", event.value)
-        else:
-            log.info("%s: virtio %s, lines %s, PM %s, event buffers %s", event.value,
-                     "reset" if outcome.virtio_reset else "kept", outcome.lines.value,
-                     outcome.pm.value, outcome.event_buffers.value)
+            if event is Event.DEVICE_RESET:
+                pm.note_activity()               # the wake reset happened: window closed
+            return outcome                       # nothing was reset: gating is unchanged
+        log.info("%s: virtio %s, lines %s, PM %s, event buffers %s", event.value,
+                 "reset" if outcome.virtio_reset else "kept", outcome.lines.value,
+                 outcome.pm.value, outcome.event_buffers.value)
         if outcome.virtio_reset:
             self.core.reset(keep_lines=outcome.lines is Lines.KEEP)
             self._reset_regs()
