@@ -59,20 +59,17 @@ class DeferredHandler(logging.Handler):
         if args and not (type(args) is tuple and all(type(a) in _IMMUTABLE for a in args)):
             record.msg, record.args = record.getMessage(), None   # may change before the write
         self._queue.append(record)
-        if len(self._queue) >= self.limit:
-            self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            try:
-                self._schedule(self._flush_scheduled)
-            except Exception:
-                self._scheduled = False
-                self.flush()
+        self._queued()
 
     def defer_call(self, logger: logging.Logger, level: int, msg, args) -> None:
         """Queue a logging call itself (see :func:`install`): the record is built at flush,
         with this moment's timestamp."""
         self._queue.append((logger, level, msg, args, time.time_ns()))
+        self._queued()
+
+    def _queued(self) -> None:
+        """Something was queued: write now when the queue is full, else make sure a flush is
+        scheduled (written at once if scheduling fails)."""
         if len(self._queue) >= self.limit:
             self.flush()
         elif not self._scheduled:
