@@ -44,3 +44,15 @@ def client(server):
     c = VfioUserClient(server.socket)
     yield c
     c.close()
+
+
+@pytest.fixture
+def gpio(server):
+    """(driver, control client) on the 8-line named ``server``."""
+    from vfio_virtio.client import ControlClient
+    from vfio_virtio_kit.gpio_driver import GpioDriver
+    d = GpioDriver.open(server.socket)
+    c = ControlClient(server.control)
+    yield d, c
+    c.close()
+    d.close()

@@ -7,25 +7,14 @@ access entered Python (there was no C path to report).
 """
 from __future__ import annotations
 
-import pytest
 
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
-from vfio_virtio_kit.gpio_driver import GpioDriver
 from vfio_virtio.virtio import spec as V
 
 REQUESTQ = G.VIRTIO_GPIO_REQUESTQ
 OK = G.VIRTIO_GPIO_STATUS_OK
 OUT, IN = G.VIRTIO_GPIO_DIRECTION_OUT, G.VIRTIO_GPIO_DIRECTION_IN
-
-
-@pytest.fixture
-def gpio(server):
-    d = GpioDriver.open(server.socket)
-    c = ControlClient(server.control)
-    yield d, c
-    c.close()
-    d.close()
 
 
 def counters(c: ControlClient) -> dict:

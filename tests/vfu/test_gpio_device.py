@@ -23,16 +23,6 @@ OUT, IN, NONE = (G.VIRTIO_GPIO_DIRECTION_OUT, G.VIRTIO_GPIO_DIRECTION_IN,
 NAMES = ["l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7"]
 
 
-@pytest.fixture
-def gpio(server):
-    """(driver, control client) on the 8-line named server of conftest."""
-    d = GpioDriver.open(server.socket)
-    c = ControlClient(server.control)
-    yield d, c
-    c.close()
-    d.close()
-
-
 def chain(d: GpioDriver, out: list[bytes], in_lens: list[int]) -> bytes:
     """Offer one raw requestq chain, kick, return what the device wrote (used length)."""
     head = d.add_chain(REQUESTQ, out, in_lens)
