@@ -36,10 +36,13 @@ def sim_guest(tmp_path_factory):
     m = GuestMachine(tmp_path_factory.mktemp("gpiosim") / "logs", assets=assets,
                      name="gpiosim", extra_args=[
                          "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,"
+                         "readonly=on",
+                         # the checkout itself, for a checkout the guest's tmpfs on /tmp hides
+                         "-virtfs", f"local,path={TOP},mount_tag=vvrepo,security_model=none,"
                          "readonly=on"])
     with m:
         m.wait_ready(timeout=120)
-        rc, out = m.run("vv-gpiosim-up", timeout=60)
+        rc, out = m.run(f"vv-gpiosim-up {TOP}", timeout=60)
         if rc != 0 or "VV-GPIOSIM-UP" not in out:
             raise m.error(f"gpio-sim guest bring-up failed (rc={rc}):\n{out}")
         rc, out = m.run(f"{RUN} guest/gpiosim/checks.py /tmp/vvsim", timeout=300)
