@@ -13,7 +13,7 @@ import pytest
 
 from tests.vfu.transport_kit import (ACK, BASE, DRIVER, DRIVER_OK, EVENTQ, FAILED,
                                           FEATURES_OK, NEEDS_RESET, OFFERED, OK_LOW, REQUESTQ,
-                                          add_ping, shared_fixture, start_shared)
+                                          add_ping, server, shared_server)
 from vfio_virtio.backends.control import ControlClient
 from vfio_virtio.gpio import spec as G
 from vfio_virtio.pci import spec as P
@@ -28,18 +28,7 @@ RUNNING = ACK | DRIVER | FEATURES_OK | DRIVER_OK
 VRING, CONFIG = M.VIRTIO_MMIO_INT_VRING, M.VIRTIO_MMIO_INT_CONFIG
 OUT = G.VIRTIO_GPIO_DIRECTION_OUT
 MMIO = ("--transport", "mmio")
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    srv = start_shared(tmp_path_factory, *MMIO)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def server(shared_server, request):
-    yield from shared_fixture(shared_server, request)
+SERVER_ARGS = MMIO                     # for transport_kit's shared_server
 
 
 @pytest.fixture

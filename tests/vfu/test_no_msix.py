@@ -18,22 +18,14 @@ import os
 import pytest
 
 from tests.vfu.transport_kit import (BASE, EVENTQ, NO_VECTOR, OK_LOW, REQUESTQ, fired,
-                                     open_gpio, ping, shared_fixture, start_shared)
+                                     open_gpio, ping, server,
+                                     shared_server, start_shared)
 from vfio_virtio.pci import spec as P
 from vfio_virtio_kit import vfio_user_spec as U
 from vfio_virtio.virtio import spec as V
 
 
-@pytest.fixture(scope="module")
-def intx_server(tmp_path_factory):
-    srv = start_shared(tmp_path_factory, "--no-msix")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def server(intx_server, request):
-    yield from shared_fixture(intx_server, request)
+SERVER_ARGS = ("--no-msix",)           # for transport_kit's shared_server (INTx only)
 
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,9 @@ def shared_fixture(srv: ServerProcess, request):
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory):
-    srv = start_shared(tmp_path_factory)
+def shared_server(tmp_path_factory, request):
+    """One server for the whole module, started with the module's ``SERVER_ARGS`` (if any)."""
+    srv = start_shared(tmp_path_factory, *getattr(request.module, "SERVER_ARGS", ()))
     yield srv
     srv.stop()
 
