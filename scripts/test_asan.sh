@@ -28,6 +28,10 @@ cp vfio_virtio/_buildid.py "$tmp/src/vfio_virtio/"
 VV_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g" \
     "$py" "$tmp/src/cffi_build/build_virtq.py" "$tmp/site/asan" >/dev/null
 cp cffi_build/build_fast.py cffi_build/build_vfu.py "$tmp/src/cffi_build/"
+# the same (patched) libvfio-user the in-tree extensions link: the private copy has no
+# scripts/patches/ to compute that build's key from
+VFU_PREFIX=$(cd cffi_build && "$py" -c 'from build_vfu import PREFIX; print(PREFIX)')
+export VFU_PREFIX
 mkdir -p "$tmp/src/scripts" && cp scripts/libvfio-user.sha256 "$tmp/src/scripts/"   # build_vfu
 cp cffi_build/csrc/gpio_lines.h cffi_build/csrc/gpio_lines.c cffi_build/csrc/fastpath.h \
    cffi_build/csrc/fastpath.c "$tmp/src/cffi_build/csrc/"
