@@ -113,8 +113,10 @@ class TransportBase:
         if (change.cause is Cause.WRITE and change.old == P.PCI_D3hot
                 and change.new == P.PCI_D0):
             self.reset_event(Event.PMCSR_D3HOT_TO_D0)
-        self.core.update_gating()
-        self._gating_changed()
+        # One gating notification per change: update_gating tells the listeners itself
+        # when running changed; otherwise decode alone may have (D0 <-> D3hot).
+        if not self.core.update_gating():
+            self._gating_changed()
 
     def reset_event(self, event: Event) -> Outcome:
         """Decide what ``event`` keeps and apply it: virtio level, then PCI, then gating.
@@ -126,7 +128,12 @@ class TransportBase:
                          driven=self.driven,
                          reset_lines_on_disconnect=self.reset_lines_on_disconnect)
         if outcome == NOTHING:
-            log.info("%s: state kept", event.value)
+            if event is Event.PMCSR_D3HOT_TO_D0:
+                # the PM capability's own INFO line ("PM: D3hot -> D0 (No_Soft_Reset=1)")
+                # already says it: one record per transition on the hot path
+                log.debug("%s: state kept", event.value)
+            else:
+                log.info("%s: state kept", event.value)
             if event is Event.DEVICE_RESET:
                 pm.note_activity()               # the wake reset happened: window closed
             return outcome                       # nothing was reset: gating is unchanged
