@@ -21,9 +21,9 @@ EDGE = G.VIRTIO_GPIO_IRQ_TYPE_EDGE_BOTH
 IN = G.VIRTIO_GPIO_DIRECTION_IN
 
 
-@pytest.fixture
-def rig():
-    srv = InProcessServer(control=None, no_soft_reset=True, lines=8)
+@pytest.fixture(params=["c", "py"], ids=["c_ring", "py_ring"])
+def rig(request):
+    srv = InProcessServer(control=None, no_soft_reset=True, lines=8, ring=request.param)
     g = Guest(srv)
     g.bring_up()
     for line in (0, 2):

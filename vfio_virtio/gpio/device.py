@@ -88,15 +88,7 @@ class VirtioGpioDevice:
         if self._pend or self.ctl.may_deliver():
             return True
         for q in core.queues:
-            if not q.enabled:
-                continue
-            if q.broken:
-                return True
-            try:
-                idx = int.from_bytes(core.dma.read(q.driver_addr + 2, 2), "little")
-            except OSError:
-                return True                   # let the scan find out (and report) it
-            if idx != q.last_avail_idx:
+            if q.avail_pending():
                 return True
         return False
 
