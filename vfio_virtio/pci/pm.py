@@ -23,8 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import struct
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..power import Power
 from . import spec as P
@@ -40,8 +39,13 @@ class Cause(enum.Enum):
     RESTORE = "snapshot restore"
 
 
-@dataclass(frozen=True)
-class PowerChange:
+_WRITE = Cause.WRITE
+_CAUSE_TEXT = {c: c.value for c in Cause}
+
+
+class PowerChange(NamedTuple):
+    """One change of power state (immutable; a tuple: cheap to make on every transition)."""
+
     old: int
     new: int
     cause: Cause
@@ -123,14 +127,14 @@ class PowerManagement:
         """The one path every power-state change takes: set, mirror, tell the listeners."""
         old, self.state = self.state, new
         # A D3hot -> D0 write leaves a wake mark until anything else happens (see power).
-        self.wake_pending = cause is Cause.WRITE and old == P.PCI_D3hot and new == P.PCI_D0
+        self.wake_pending = cause is _WRITE and old == P.PCI_D3hot and new == P.PCI_D0
         if self.cfg is not None:
             self._sync_pmcsr(self.cfg)
         if old != new:
             log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", P.D_STATE_NAMES[old],
-                     P.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
+                     P.D_STATE_NAMES[new], self.no_soft_reset, _CAUSE_TEXT[cause])
         change = PowerChange(old, new, cause)
-        for cb in list(self.listeners):
+        for cb in tuple(self.listeners):
             cb(change)
 
     def sync(self, cfg: memoryview) -> None:
