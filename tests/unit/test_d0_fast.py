@@ -100,3 +100,23 @@ def test_eventq_buffer_added_in_d3hot_is_taken_at_d0(rig):
     srv.backend.set_input(4, 1)
     srv.drain()
     assert g.gpio.poll_events() == [(4, G.VIRTIO_GPIO_IRQ_STATUS_VALID)]
+
+
+def test_fast_image_render_matches_common_read():
+    """FastPath.sync renders the C register image in one pass: byte for byte what the
+    transport's own common-config read returns, for every queue select (and one past)."""
+    from vfio_virtio.gpio.lines_c import ffi
+    from vfio_virtio.virtio import spec as V
+    srv = InProcessServer(control=None, no_soft_reset=True, lines=8)
+    try:
+        g = Guest(srv)
+        g.bring_up()
+        t, fp = srv.server.transport, srv.server.fast
+        n = V.VIRTIO_PCI_COMMON_CFG_LEN
+        for sel in (0, 1, 2):
+            t.queue_select, t.dfselect, t.gfselect = sel, sel & 1, sel & 1
+            fp.sync()
+            assert bytes(ffi.buffer(fp.f.common, n)) == t._common_read(0, n)
+        g.close()
+    finally:
+        srv.close()
