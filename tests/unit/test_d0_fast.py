@@ -120,3 +120,22 @@ def test_fast_image_render_matches_common_read():
         g.close()
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("ring", ["c", "py"])
+def test_avail_pending_follows_dma_map_changes(ring):
+    """The avail idx peek is re-translated when guest memory is unmapped: an unmapped ring
+    reads as work to do (the scan reports it), never as a read of stale host memory."""
+    srv = InProcessServer(control=None, no_soft_reset=True, lines=8, ring=ring)
+    try:
+        g = Guest(srv)
+        g.bring_up()
+        q = srv.server.core.queues[1]
+        assert q.avail_pending() is False
+        g.client.dma_unmap_all()
+        assert q.avail_pending() is True
+        q.reset()
+        assert q.avail_pending() is False        # disabled
+        g.close()
+    finally:
+        srv.close()
