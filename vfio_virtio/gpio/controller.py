@@ -336,6 +336,18 @@ class GpioController:
                 self._try_deliver(gpio, out)
         return out
 
+    def may_deliver(self) -> bool:
+        """Whether :meth:`deliver_pending` could complete anything: completions queued, or a
+        held line with a latched edge or a level type (cheap: no backend read)."""
+        if self._outbox:
+            return True
+        lines = self._lines
+        for gpio in self._held:
+            line = lines[gpio]
+            if line.latched or line.irq_type in G.LEVEL_IRQ_TYPES:
+                return True
+        return False
+
     def _try_deliver(self, gpio: int, out: list[Completion]) -> None:
         if gpio not in self._held or not self.gate():
             return

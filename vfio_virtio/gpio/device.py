@@ -73,8 +73,24 @@ class VirtioGpioDevice:
     def resume(self) -> None:
         """Back from D3hot or SUSPEND. Delivery of latched events and a scan of both queues
         (buffers added meanwhile) run right after the register write that resumed us has been
-        answered, as a real device resumes its engines asynchronously to the config write."""
-        self.defer(self._resume_work)
+        answered, as a real device resumes its engines asynchronously to the config write.
+        When there is no such work (nothing deliverable, no queue's avail index moved) none
+        is scheduled."""
+        if self._resume_pending():
+            self.defer(self._resume_work)
+
+    def _resume_pending(self) -> bool:
+        """Whether resuming has work: completions not pushed, a held line that may fire, or
+        a queue whose avail index moved past what the device consumed (or unreadable)."""
+        core = self.core
+        if core is None:
+            return False
+        if self._pend or self.ctl.may_deliver():
+            return True
+        for q in core.queues:
+            if q.avail_pending():
+                return True
+        return False
 
     def _resume_work(self) -> None:
         if self.core is None or not self.core.running:

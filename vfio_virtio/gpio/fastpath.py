@@ -131,11 +131,21 @@ class FastPath:
         f.decodes_bars, f.running, f.slow = bool(decodes_bars), bool(running), bool(slow)
 
     def sync(self, registers: bool = True) -> None:
-        """Re-render the register image from Python's state (after Python changed it)."""
+        """Re-render the register image from Python's state (after Python changed it).
+        The common configuration is rendered field by field in one pass (the bytes
+        ``_common_read(0, VIRTIO_PCI_COMMON_CFG_LEN)`` returns, gaps 0)."""
         t = self.t
         if registers:
-            ffi.memmove(self.f.common, t._common_read(0, V.VIRTIO_PCI_COMMON_CFG_LEN),
-                        V.VIRTIO_PCI_COMMON_CFG_LEN)
+            n = V.VIRTIO_PCI_COMMON_CFG_LEN
+            fields = self.__dict__.get("_render")
+            if fields is None or self.__dict__.get("_render_of") is not t._fields:
+                fields = [(off, off + f.size, f.size, f.get) for off, f in t._fields.items()
+                          if off + f.size <= n]
+                self._render, self._render_of = fields, t._fields
+            img = bytearray(n)
+            for lo, hi, size, get in fields:
+                img[lo:hi] = get().to_bytes(size, "little")
+            ffi.memmove(self.f.common, img, n)
             self.f.req_vector = t.queue_vectors[REQUESTQ]
         pm = self.fn.pm
         self.set_gating(pm.decodes_bars, self.core.running, pm.wake_pending)

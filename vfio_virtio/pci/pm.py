@@ -23,8 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import struct
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..power import Power
 from . import spec as P
@@ -40,8 +39,13 @@ class Cause(enum.Enum):
     RESTORE = "snapshot restore"
 
 
-@dataclass(frozen=True)
-class PowerChange:
+_WRITE = Cause.WRITE
+_CAUSE_TEXT = {c: c.value for c in Cause}
+
+
+class PowerChange(NamedTuple):
+    """One change of power state (immutable; a tuple: cheap to make on every transition)."""
+
     old: int
     new: int
     cause: Cause
@@ -93,20 +97,19 @@ class PowerManagement:
     def write(self, offset: int, data: bytes, cfg: memoryview) -> None:
         """Config write at absolute ``offset``; only the bytes written are affected."""
         rel = offset - self.offset
-        image = bytearray(self.cap_bytes())
-        old = struct.unpack_from("<H", image, P.PCI_PM_CTRL)[0]
+        old = new = self.pmcsr
         touched = 0
         for i, b in enumerate(data):
             pos = rel + i
             if P.PCI_PM_CTRL <= pos < P.PCI_PM_CTRL + 2:
                 shift = 8 * (pos - P.PCI_PM_CTRL)
                 touched |= 0xFF << shift
-                image[pos] = b
+                new = new & ~(0xFF << shift) | b << shift
             else:
                 log.debug("PM: write to read-only byte %#x ignored", self.offset + pos)
         if touched:
-            self._write_pmcsr(struct.unpack_from("<H", image, P.PCI_PM_CTRL)[0], old, touched)
-        self.sync(cfg)
+            self._write_pmcsr(new, old, touched)
+        self._sync_pmcsr(cfg)
 
     def _write_pmcsr(self, new: int, old: int, touched: int) -> None:
         if touched & P.PCI_PM_CTRL_PME_STATUS and new & P.PCI_PM_CTRL_PME_STATUS:
@@ -124,14 +127,14 @@ class PowerManagement:
         """The one path every power-state change takes: set, mirror, tell the listeners."""
         old, self.state = self.state, new
         # A D3hot -> D0 write leaves a wake mark until anything else happens (see power).
-        self.wake_pending = cause is Cause.WRITE and old == P.PCI_D3hot and new == P.PCI_D0
+        self.wake_pending = cause is _WRITE and old == P.PCI_D3hot and new == P.PCI_D0
         if self.cfg is not None:
-            self.sync(self.cfg)
+            self._sync_pmcsr(self.cfg)
         if old != new:
             log.info("PM: %s -> %s (No_Soft_Reset=%d): %s", P.D_STATE_NAMES[old],
-                     P.D_STATE_NAMES[new], self.no_soft_reset, cause.value)
+                     P.D_STATE_NAMES[new], self.no_soft_reset, _CAUSE_TEXT[cause])
         change = PowerChange(old, new, cause)
-        for cb in list(self.listeners):
+        for cb in tuple(self.listeners):
             cb(change)
 
     def sync(self, cfg: memoryview) -> None:
@@ -139,6 +142,11 @@ class PowerManagement:
         img = bytearray(self.cap_bytes())
         img[1] = cfg[self.offset + 1]
         cfg[self.offset:self.offset + P.PCI_PM_SIZEOF] = img
+
+    def _sync_pmcsr(self, cfg: memoryview) -> None:
+        """Mirror PMCSR alone: the only register of the capability that ever changes (the
+        rest is written once by :meth:`sync` / when the capability is placed)."""
+        struct.pack_into("<H", cfg, self.offset + P.PCI_PM_CTRL, self.pmcsr)
 
     # --- facts for the layers above -----------------------------------------------------
 

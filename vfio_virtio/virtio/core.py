@@ -278,18 +278,20 @@ class VirtioCore:
 
     # --- power ----------------------------------------------------------------------------
 
-    def update_gating(self) -> None:
+    def update_gating(self) -> bool:
         """The one path that tells the device when :attr:`running` changed (power state,
-        SUSPEND, FAILED, NEEDS_RESET): quiesce on the way down, resume on the way up."""
+        SUSPEND, FAILED, NEEDS_RESET): quiesce on the way down, resume on the way up.
+        Returns True when it changed (the front end's ``on_gating_change`` was called)."""
         now = self.running
         if now == self._engines:
-            return
+            return False
         self._engines = now
         if now:
             self.device.resume()
         else:
             self.device.quiesce()
         self.on_gating_change()
+        return True
 
     def get_state(self) -> dict:
         return {"status": self.status, "driver_features": self.driver_features,

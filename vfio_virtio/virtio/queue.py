@@ -166,6 +166,7 @@ class Virtqueue:
         self.max_size = max_size
         self.impl = impl
         self._r = CRing(dma) if impl == "c" else PyRing(dma)
+        self._avail_idx: tuple | None = None   # (DMA generation, driver_addr, c_uint16)
         self.reset()
 
     def _config(name: str, bits: int | None):  # noqa: N805 - property factory
@@ -206,6 +207,26 @@ class Virtqueue:
     @property
     def used_idx(self) -> int:
         return self._r.used_idx
+
+    def avail_pending(self) -> bool:
+        """Whether the driver made buffers available that the device has not taken yet
+        (avail idx != last_avail_idx), or the queue is broken or its avail ring unreadable
+        (a scan will find out and report it). False for a disabled queue. Cheap: the avail
+        idx's host address is kept per DMA generation (a map or unmap re-translates)."""
+        r = self._r
+        s = getattr(r, "q", r)                  # the C ring's struct, or the Python ring
+        if not s.enabled:
+            return False
+        if s.broken:
+            return True
+        gen, addr = self.dma.generation, s.driver_addr
+        c = self._avail_idx
+        if c is None or c[0] != gen or c[1] != addr:
+            host = self.dma.translate(addr + 2, 2, 1)          # PROT_READ
+            if host is None:
+                return True
+            c = self._avail_idx = (gen, addr, ctypes.c_uint16.from_address(host))
+        return c[2].value != s.last_avail_idx
 
     def enable(self) -> None:
         """Start using the rings (queue_enable = 1). Indices start at 0 (2.7.13.1 / 4.1.4.3).

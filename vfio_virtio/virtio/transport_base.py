@@ -25,6 +25,7 @@ from . import spec as V
 from .core import VirtioCore
 
 log = logging.getLogger(__name__)
+_WRITE = Cause.WRITE
 
 
 class TransportBase:
@@ -110,11 +111,13 @@ class TransportBase:
 
     def on_power_change(self, change: PowerChange) -> None:
         """FunctionListener: the PM capability changed state (every cause comes here)."""
-        if (change.cause is Cause.WRITE and change.old == P.PCI_D3hot
-                and change.new == P.PCI_D0):
+        old, new, cause = change
+        if cause is _WRITE and old == P.PCI_D3hot and new == P.PCI_D0:
             self.reset_event(Event.PMCSR_D3HOT_TO_D0)
-        self.core.update_gating()
-        self._gating_changed()
+        # One gating notification per change: update_gating tells the listeners itself
+        # when running changed; otherwise decode alone may have (D0 <-> D3hot).
+        if not self.core.update_gating():
+            self._gating_changed()
 
     def reset_event(self, event: Event) -> Outcome:
         """Decide what ``event`` keeps and apply it: virtio level, then PCI, then gating.
@@ -125,8 +128,13 @@ class TransportBase:
                          suspended=bool(self.core.status & V.VIRTIO_CONFIG_S_SUSPEND),
                          driven=self.driven,
                          reset_lines_on_disconnect=self.reset_lines_on_disconnect)
-        if outcome == NOTHING:
-            log.info("%s: state kept", event.value)
+        if outcome is NOTHING or outcome == NOTHING:
+            if event is Event.PMCSR_D3HOT_TO_D0:
+                # the PM capability's own INFO line ("PM: D3hot -> D0 (No_Soft_Reset=1)")
+                # already says it: one record per transition on the hot path
+                log.debug("%s: state kept", event.value)
+            else:
+                log.info("%s: state kept", event.value)
             if event is Event.DEVICE_RESET:
                 pm.note_activity()               # the wake reset happened: window closed
             return outcome                       # nothing was reset: gating is unchanged
