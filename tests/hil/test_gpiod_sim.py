@@ -75,6 +75,8 @@ def _check(g: dict, name: str) -> dict:
     "busy_line",                 # a line requested elsewhere: clear error at start
     "chip_gone",                 # live 0 while serving: ERR, no crash, no spin
     "control_watch_readonly",    # --control with gpiod: watch and get, set refused
+    "fast_path_gpiod",           # GET/SET_VALUE served in C: sim value, pull, watchers
+    "fast_path_gpiod_chip_gone", # ... and ERR once the chip is gone (as in Python)
 ])
 def test_gpiod_on_gpio_sim(sim_guest, name):
     _check(sim_guest, name)
