@@ -412,6 +412,39 @@ def check_fast_path(chip: SimChip) -> None:
             expect(rc == 0, f"server exit status {rc}\n{s.log_tail(20)}")
 
 
+def measure_fast_path(chip: SimChip, rounds: int = 5, n: int = 200) -> None:
+    """Figures, not a check: GET_VALUE of a gpiod input line, C request path (--fast on) vs
+    Python (--fast off), two servers on disjoint lines of one chip, rounds interleaved.
+    Per request: driver round trip and server CPU (/proc stat ticks). TCG: ratios only."""
+    arms = {"c": ("on", "0-1"), "python": ("off", "2-3")}
+    with check("fast_path_gpiod_figures", rounds=rounds, requests=n) as r, \
+            contextlib.ExitStack() as st:
+        drv, srv = {}, {}
+        for arm, (fast, lines) in arms.items():
+            srv[arm] = st.enter_context(ServerProcess(
+                "--backend", f"gpiod:{chip.dev}:{lines}", "--fast", fast,
+                workdir=os.path.join(WORK, f"fig-{arm}"), control=False, ready_timeout=60.0))
+            drv[arm] = st.enter_context(GpioDriver.open(srv[arm].socket))
+            drv[arm].set_direction(0, G.VIRTIO_GPIO_DIRECTION_IN)
+        rt = {a: [] for a in arms}
+        cpu = {a: [] for a in arms}
+        for _ in range(rounds):
+            for arm in arms:
+                d, pid = drv[arm], srv[arm].proc.pid
+                c0, t0 = cpu_seconds(pid), time.monotonic()
+                for _ in range(n):
+                    d.get_value(0)
+                rt[arm].append((time.monotonic() - t0) / n * 1e6)
+                cpu[arm].append((cpu_seconds(pid) - c0) / n * 1e6)
+        med = {a: {"round_trip_us": round(sorted(rt[a])[rounds // 2], 1),
+                   "server_cpu_us": round(sorted(cpu[a])[rounds // 2], 1)} for a in arms}
+        r.update(med)
+        r["ratio_round_trip"] = round(med["python"]["round_trip_us"]
+                                      / max(med["c"]["round_trip_us"], 1e-9), 2)
+        r["ratio_server_cpu"] = round(med["python"]["server_cpu_us"]
+                                      / max(med["c"]["server_cpu_us"], 1e-9), 2)
+
+
 def main() -> int:
     a = SimChip("a", 8, NAMES)
     b = SimChip("b", 4)
@@ -442,6 +475,7 @@ def main() -> int:
             if s.alive():
                 s.stop()
     check_busy_and_soft_reset(b)
+    measure_fast_path(fp)
     check_fast_path(fp)
     for c in (a, b, fp):
         try:

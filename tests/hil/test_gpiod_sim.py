@@ -99,3 +99,11 @@ def test_backend_unit_tests_run_unskipped(sim_guest):
 def test_whole_run_completed(sim_guest):
     assert sim_guest["rc"] == 0 and "done" in sim_guest["checks"], sim_guest["out"][-3000:]
     print(f"gpio-sim guest: boot {sim_guest['boot_s']:.1f} s, total {sim_guest['total_s']:.1f} s")
+
+
+def test_fast_path_figures(sim_guest):
+    """Figures (recorded with the checks, printed; no speed is asserted): GET_VALUE of a
+    gpiod input, C request path vs Python, interleaved rounds inside the TCG guest."""
+    c = _check(sim_guest, "fast_path_gpiod_figures")
+    print(f"gpiod GET_VALUE in the guest: C {c['c']}, Python {c['python']}; Python/C "
+          f"round trip x{c['ratio_round_trip']}, server CPU x{c['ratio_server_cpu']}")
