@@ -152,7 +152,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (h.ngpio & 0x80) {                    /* chip mode: ioctls on fd -1 fail (to Python) */
         for (uint32_t i = 0; i < MAX_LINES; i++) {
             chip[i].fd = -1;
-            chip[i].bit = i;
+            chip[i].bit = i * 3;             /* some outside any request (>= 64) */
         }
         g.chip = chip;
         g.mode = VV_GPIO_MODE_CHIP;

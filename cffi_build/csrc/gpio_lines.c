@@ -38,9 +38,17 @@ static void set_direction(struct vv_gpio *g, uint32_t gpio, uint8_t dir)
         vv_gpio_mark_changed(g, gpio);
 }
 
+/* Bit `bit` of a request's gpio_v2_line_values; 0 for a bit no request has. */
+static uint64_t bit_mask(uint32_t bit)
+{
+    return bit < GPIO_V2_LINES_MAX ? 1ULL << bit : 0;
+}
+
 /* One uAPI v2 values ioctl on a line request fd, retried on EINTR. 0 or -errno. */
 static int chip_ioctl(int fd, unsigned long req, struct gpio_v2_line_values *v)
 {
+    if (v->mask == 0)
+        return -EINVAL;                     /* a bit outside a request: never from Python */
     for (;;) {
         if (ioctl(fd, req, v) == 0)
             return 0;
@@ -53,18 +61,18 @@ static int chip_ioctl(int fd, unsigned long req, struct gpio_v2_line_values *v)
 static int chip_get(const struct vv_gpio *g, uint32_t gpio)
 {
     const struct vv_gpio_chipline *c = &g->chip[gpio];
-    struct gpio_v2_line_values v = { .bits = 0, .mask = 1ULL << c->bit };
+    struct gpio_v2_line_values v = { .bits = 0, .mask = bit_mask(c->bit) };
     int r = chip_ioctl(c->fd, GPIO_V2_LINE_GET_VALUES_IOCTL, &v);
 
-    return r < 0 ? r : (int)((v.bits >> c->bit) & 1);
+    return r < 0 ? r : (v.bits & v.mask) != 0;
 }
 
 /* Drive an output line of the chip (chip mode): 0 or -errno. */
 static int chip_set(const struct vv_gpio *g, uint32_t gpio, uint32_t value)
 {
     const struct vv_gpio_chipline *c = &g->chip[gpio];
-    struct gpio_v2_line_values v = { .bits = (uint64_t)value << c->bit,
-                                     .mask = 1ULL << c->bit };
+    struct gpio_v2_line_values v = { .bits = value ? bit_mask(c->bit) : 0,
+                                     .mask = bit_mask(c->bit) };
 
     return chip_ioctl(c->fd, GPIO_V2_LINE_SET_VALUES_IOCTL, &v);
 }
