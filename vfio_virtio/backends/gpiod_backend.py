@@ -157,8 +157,6 @@ class GpiodBackend(Backend):
         self._epoll = select.epoll()
         for fd, _ in self._reqs:
             self._epoll.register(fd, select.EPOLLIN)
-        self.line_table = None
-        self._efd = -1
         try:
             from ..gpio.lines_c import LineTable
         except ImportError:              # no C build: every request in Python
