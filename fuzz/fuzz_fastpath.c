@@ -11,6 +11,8 @@
  *   - in D3hot (decodes_bars 0) a read returns all ones and nothing is served or triggered;
  *   - interrupts: only with the queue running, vector < msix_vectors (MSI-X) or 0 (INTx);
  *   - pend_heads: at most one batch, every head < queue size;
+ *   - chip mode (line request fds that fail, as a removed chip's) and Python mode: the
+ *     requests C hands over change nothing;
  *   - the line table stays valid: direction NONE/OUT/IN, value and input 0/1, irq types
  *     untouched by C, changed_list entries < ngpio and listed once.
  * Build: scripts/fuzz.sh (clang-14 -fsanitize=fuzzer,address,undefined).
@@ -40,7 +42,7 @@ struct hdr {
     uint8_t size_log2;     /* queue size 1 << (v % 9) */
     uint8_t flags;         /* 1 event_idx, 2 indirect, 4 decodes, 8 running, 16 slow,
                               32 msix enabled, 64 intx disabled, 128 serve_requestq */
-    uint8_t ngpio;         /* 1..MAX_LINES */
+    uint8_t ngpio;         /* 1..MAX_LINES; 128: chip mode (fds fail), 64: Python mode */
     uint8_t nops;
     uint16_t req_vector;
     uint16_t msix_vectors; /* 1..128 */
@@ -76,6 +78,10 @@ static void check_table(const struct vv_gpio *g, const uint8_t *irq_before)
         const struct vv_gpio_line *l = &g->lines[i];
         CHECK(l->direction <= 2 && l->value <= 1 && l->input <= 1);
         CHECK(l->irq_type == irq_before[i]);
+        if (g->mode != VV_GPIO_MODE_SIM)     /* SET_DIRECTION is Python's there */
+            CHECK(l->direction == VIRTIO_GPIO_DIRECTION_IN);
+        if (g->mode == VV_GPIO_MODE_PYTHON)  /* C executes nothing */
+            CHECK(l->value == 0 && !l->changed);
     }
     for (uint32_t i = 0; i < g->nchanged; i++) {
         CHECK(g->changed_list[i] < g->ngpio);
@@ -93,6 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct vv_gpio g;
     struct vv_gpio_line lines[MAX_LINES];
     uint32_t changed[MAX_LINES];
+    struct vv_gpio_chipline chip[MAX_LINES];
     uint8_t irq_before[MAX_LINES];
     static struct vv_iov iovs[VQ_MAX_SIZE];
     struct vv_fast f;
@@ -142,6 +149,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     g.notify_fd = -1;
     g.lines = lines;
     g.changed_list = changed;
+    if (h.ngpio & 0x80) {                    /* chip mode: ioctls on fd -1 fail (to Python) */
+        for (uint32_t i = 0; i < MAX_LINES; i++) {
+            chip[i].fd = -1;
+            chip[i].bit = i * 3;             /* some outside any request (>= 64) */
+        }
+        g.chip = chip;
+        g.mode = VV_GPIO_MODE_CHIP;
+    } else if (h.ngpio & 0x40) {
+        g.mode = VV_GPIO_MODE_PYTHON;
+    }
     for (uint32_t i = 0; i < g.ngpio; i++) {
         lines[i].direction = VIRTIO_GPIO_DIRECTION_IN;
         lines[i].irq_type = (uint8_t)(i % 3 == 2 ? 1 : 0);   /* some lines with an irq */

@@ -2,9 +2,14 @@
  * Any change to a rule here must be made in vfio_virtio/gpio/controller.py too (and the
  * other way round): tests/unit/test_gpio_differential.py compares the two. */
 #include <endian.h>
+#include <errno.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+#include <linux/gpio.h>
 #include "gpio_lines.h"
+
+_Static_assert(sizeof(struct gpio_v2_line_values) == 16, "uAPI v2 gpio_v2_line_values");
 
 void vv_gpio_mark_changed(struct vv_gpio *g, uint32_t line)
 {
@@ -33,6 +38,45 @@ static void set_direction(struct vv_gpio *g, uint32_t gpio, uint8_t dir)
         vv_gpio_mark_changed(g, gpio);
 }
 
+/* Bit `bit` of a request's gpio_v2_line_values; 0 for a bit no request has. */
+static uint64_t bit_mask(uint32_t bit)
+{
+    return bit < GPIO_V2_LINES_MAX ? 1ULL << bit : 0;
+}
+
+/* One uAPI v2 values ioctl on a line request fd, retried on EINTR. 0 or -errno. */
+static int chip_ioctl(int fd, unsigned long req, struct gpio_v2_line_values *v)
+{
+    if (v->mask == 0)
+        return -EINVAL;                     /* a bit outside a request: never from Python */
+    for (;;) {
+        if (ioctl(fd, req, v) == 0)
+            return 0;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+/* The chip's level of a line (chip mode): 0/1, or -errno (nothing changed). */
+static int chip_get(const struct vv_gpio *g, uint32_t gpio)
+{
+    const struct vv_gpio_chipline *c = &g->chip[gpio];
+    struct gpio_v2_line_values v = { .bits = 0, .mask = bit_mask(c->bit) };
+    int r = chip_ioctl(c->fd, GPIO_V2_LINE_GET_VALUES_IOCTL, &v);
+
+    return r < 0 ? r : (v.bits & v.mask) != 0;
+}
+
+/* Drive an output line of the chip (chip mode): 0 or -errno. */
+static int chip_set(const struct vv_gpio *g, uint32_t gpio, uint32_t value)
+{
+    const struct vv_gpio_chipline *c = &g->chip[gpio];
+    struct gpio_v2_line_values v = { .bits = value ? bit_mask(c->bit) : 0,
+                                     .mask = bit_mask(c->bit) };
+
+    return chip_ioctl(c->fd, GPIO_V2_LINE_SET_VALUES_IOCTL, &v);
+}
+
 static int err(uint32_t resp_cap, uint8_t *resp)
 {
     uint32_t n = resp_cap < 2 ? resp_cap : 2;
@@ -56,6 +100,8 @@ int vv_gpio_handle(struct vv_gpio *g, const uint8_t *req, uint32_t req_len,
     uint32_t value;
     struct vv_gpio_line *l;
 
+    if (g->mode == VV_GPIO_MODE_PYTHON)
+        return VV_GPIO_PYTHON;
     if (req_len != VIRTIO_GPIO_REQUEST_SIZE)
         return err(resp_cap, resp);
     memcpy(&type, req, 2);
@@ -79,6 +125,8 @@ int vv_gpio_handle(struct vv_gpio *g, const uint8_t *req, uint32_t req_len,
         if (value != VIRTIO_GPIO_DIRECTION_NONE && value != VIRTIO_GPIO_DIRECTION_OUT
             && value != VIRTIO_GPIO_DIRECTION_IN)
             return err(resp_cap, resp);
+        if (g->mode == VV_GPIO_MODE_CHIP)
+            return VV_GPIO_PYTHON;          /* reconfigures the line request */
         if (value == VIRTIO_GPIO_DIRECTION_NONE) {
             if (l->irq_type != VIRTIO_GPIO_IRQ_TYPE_NONE)
                 return VV_GPIO_PYTHON;      /* disables the irq: a held buffer completes */
@@ -92,10 +140,18 @@ int vv_gpio_handle(struct vv_gpio *g, const uint8_t *req, uint32_t req_len,
         set_direction(g, gpio, (uint8_t)value);
         return ok(resp, 0);
     case VIRTIO_GPIO_MSG_GET_VALUE:
+        if (g->mode == VV_GPIO_MODE_CHIP && l->direction != VIRTIO_GPIO_DIRECTION_OUT) {
+            int level = chip_get(g, gpio);
+
+            return level < 0 ? VV_GPIO_PYTHON : ok(resp, (uint8_t)level);
+        }
         return ok(resp, vv_gpio_visible(l) ? 1 : 0);
     case VIRTIO_GPIO_MSG_SET_VALUE:
         if (value > 1)
             return err(resp_cap, resp);
+        if (g->mode == VV_GPIO_MODE_CHIP && l->direction == VIRTIO_GPIO_DIRECTION_OUT
+            && chip_set(g, gpio, value) < 0)
+            return VV_GPIO_PYTHON;          /* nothing changed; Python answers (ERR) */
         if (l->direction == VIRTIO_GPIO_DIRECTION_OUT && l->value != value) {
             l->value = (uint8_t)value;
             vv_gpio_mark_changed(g, gpio);

@@ -7,6 +7,14 @@
  *
  * Requests that need Python (GET_LINE_NAMES with names, SET_IRQ_TYPE, SET_DIRECTION NONE on
  * a line whose interrupt is enabled) are not executed: vv_gpio_handle returns VV_GPIO_PYTHON.
+ *
+ * Chip mode (the gpiod backend, vfio_virtio/backends/gpiod_backend.py): the table keeps the
+ * protocol state, the host chip is the truth for a non-output line's level. GET_VALUE and
+ * SET_VALUE drive the chip with GPIO_V2_LINE_GET_VALUES_IOCTL / GPIO_V2_LINE_SET_VALUES_IOCTL
+ * (linux/gpio.h, uAPI v2) on the line request's fd; SET_DIRECTION reconfigures the request
+ * and goes to Python, and so does a request whose ioctl fails (the Python backend repeats it
+ * and answers ERR, noting a removed chip). Python mode: every request goes to Python (a
+ * backend that is held, disowned or whose chip is gone).
  * Constants are the spec's names (mirrored in vfio_virtio/gpio/spec.py).
  */
 #ifndef VV_GPIO_LINES_H
@@ -47,7 +55,18 @@ struct vv_gpio_line {
     uint8_t pad;
 };
 
-/* The table. Python allocates lines[ngpio] and changed_list[ngpio]. */
+#define VV_GPIO_MODE_SIM    0     /* the line table is the lines (input: the sensed level) */
+#define VV_GPIO_MODE_CHIP   1     /* lines of a host gpiochip: chip[] says where */
+#define VV_GPIO_MODE_PYTHON 2     /* every request to Python */
+
+/* Where a line lives in chip mode: its line request's fd and its bit in that request's
+ * gpio_v2_line_values (the line's index in the request, not the chip offset). */
+struct vv_gpio_chipline {
+    int32_t fd;
+    uint32_t bit;
+};
+
+/* The table. Python allocates lines[ngpio] and changed_list[ngpio] (and chip[ngpio]). */
 struct vv_gpio {
     uint32_t ngpio;
     uint32_t names_size;       /* gpio_names_size; GET_LINE_NAMES is answered by Python */
@@ -57,6 +76,9 @@ struct vv_gpio {
     uint64_t errors;           /* of which answered ERR */
     struct vv_gpio_line *lines;
     uint32_t *changed_list;
+    uint32_t mode;             /* VV_GPIO_MODE_* */
+    uint32_t pad;
+    struct vv_gpio_chipline *chip;   /* chip mode: per line; NULL otherwise */
 };
 
 /* Execute one requestq message. req/req_len: the device-readable bytes (req_len is the

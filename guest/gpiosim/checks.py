@@ -362,9 +362,93 @@ def check_busy_and_soft_reset(chip: SimChip) -> None:
             expect(r["sim_value_after_pull_down"] == 0, "the line still drives 1")
 
 
+def check_fast_path(chip: SimChip) -> None:
+    """GET_VALUE / SET_VALUE on gpiod lines are served by the C request path (the control
+    socket's fast_path counters), still reach the sim value / read the pull, tell watchers;
+    configuration goes to Python; a removed chip answers ERR."""
+    OUT_, IN1, OUT2 = 0, 1, 2
+    s = ServerProcess("--backend", f"gpiod:{chip.dev}", workdir=os.path.join(WORK, "fp"),
+                      ready_timeout=60.0)
+    with s, GpioDriver.open(s.socket) as d, ControlClient(s.control) as c:
+        def chains() -> int:
+            fp = c.info().get("fast_path")
+            expect(fp is not None, "no fast_path counters: the C request path is off")
+            return fp["chains"]
+        with check("fast_path_gpiod") as r:
+            d.set_direction(OUT_, G.VIRTIO_GPIO_DIRECTION_OUT)
+            d.set_direction(IN1, G.VIRTIO_GPIO_DIRECTION_IN)
+            c0 = chains()
+            with c.watch() as cw:
+                for v in (1, 0, 1):
+                    d.set_value(OUT_, v)
+                    got = chip.value(OUT_)
+                    expect(got == v, f"SET_VALUE {v}: sim value {got}")
+                    cw.wait_for(lambda e: e.get("line") == OUT_ and e.get("source") == "guest"
+                                and e.get("value") == v, 10)
+            expect(d.get_value(OUT_) == 1, "GET_VALUE of the output")
+            for v in (1, 0):
+                chip.pull(IN1, v)
+                got = d.get_value(IN1)
+                expect(got == v, f"pull {v}: GET_VALUE {got}")
+            c1 = chains()
+            r["c_chains"] = c1 - c0
+            expect(r["c_chains"] == 6, f"{r['c_chains']} of 6 GET/SET_VALUE served in C")
+            d.set_value(OUT2, 1)                                # stored: not an output yet
+            d.set_direction(OUT2, G.VIRTIO_GPIO_DIRECTION_OUT)  # Python reconfigures
+            expect(chip.value(OUT2) == 1, "SET_DIRECTION OUT drives the stored value")
+            r["c_chains_config"] = chains() - c1
+            expect(r["c_chains_config"] == 1, "SET_DIRECTION must be served by Python")
+        with check("fast_path_gpiod_chip_gone") as r:
+            chip.set_live(False)
+            st = [status(d, G.VIRTIO_GPIO_MSG_GET_VALUE, IN1),
+                  status(d, G.VIRTIO_GPIO_MSG_SET_VALUE, OUT_, 0),
+                  status(d, G.VIRTIO_GPIO_MSG_GET_VALUE, OUT_)]
+            r["statuses"] = st
+            expect(st == [G.VIRTIO_GPIO_STATUS_ERR] * 3, f"requests after removal: {st}")
+            expect(s.alive(), "server died after the chip went away")
+            chip.set_live(True)
+            rc = s.stop()
+            r["exit"] = rc
+            expect(rc == 0, f"server exit status {rc}\n{s.log_tail(20)}")
+
+
+def measure_fast_path(chip: SimChip, rounds: int = 5, n: int = 200) -> None:
+    """Figures, not a check: GET_VALUE of a gpiod input line, C request path (--fast on) vs
+    Python (--fast off), two servers on disjoint lines of one chip, rounds interleaved.
+    Per request: driver round trip and server CPU (/proc stat ticks). TCG: ratios only."""
+    arms = {"c": ("on", "0-1"), "python": ("off", "2-3")}
+    with check("fast_path_gpiod_figures", rounds=rounds, requests=n) as r, \
+            contextlib.ExitStack() as st:
+        drv, srv = {}, {}
+        for arm, (fast, lines) in arms.items():
+            srv[arm] = st.enter_context(ServerProcess(
+                "--backend", f"gpiod:{chip.dev}:{lines}", "--fast", fast,
+                workdir=os.path.join(WORK, f"fig-{arm}"), control=False, ready_timeout=60.0))
+            drv[arm] = st.enter_context(GpioDriver.open(srv[arm].socket))
+            drv[arm].set_direction(0, G.VIRTIO_GPIO_DIRECTION_IN)
+        rt = {a: [] for a in arms}
+        cpu = {a: [] for a in arms}
+        for _ in range(rounds):
+            for arm in arms:
+                d, pid = drv[arm], srv[arm].proc.pid
+                c0, t0 = cpu_seconds(pid), time.monotonic()
+                for _ in range(n):
+                    d.get_value(0)
+                rt[arm].append((time.monotonic() - t0) / n * 1e6)
+                cpu[arm].append((cpu_seconds(pid) - c0) / n * 1e6)
+        med = {a: {"round_trip_us": round(sorted(rt[a])[rounds // 2], 1),
+                   "server_cpu_us": round(sorted(cpu[a])[rounds // 2], 1)} for a in arms}
+        r.update(med)
+        r["ratio_round_trip"] = round(med["python"]["round_trip_us"]
+                                      / max(med["c"]["round_trip_us"], 1e-9), 2)
+        r["ratio_server_cpu"] = round(med["python"]["server_cpu_us"]
+                                      / max(med["c"]["server_cpu_us"], 1e-9), 2)
+
+
 def main() -> int:
     a = SimChip("a", 8, NAMES)
     b = SimChip("b", 4)
+    fp = SimChip("c", 4)
     spec = f"gpiod:{a.dev}"
     t = time.monotonic()
     s1 = server("s1", "--backend", spec, "--handover", os.path.join(WORK, "s1", "gpio.sock")
@@ -391,7 +475,9 @@ def main() -> int:
             if s.alive():
                 s.stop()
     check_busy_and_soft_reset(b)
-    for c in (a, b):
+    measure_fast_path(fp)
+    check_fast_path(fp)
+    for c in (a, b, fp):
         try:
             c.remove()
         except OSError as e:

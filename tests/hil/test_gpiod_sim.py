@@ -78,6 +78,8 @@ def _check(g: dict, name: str) -> dict:
     "busy_line",                 # a line requested elsewhere: clear error at start
     "chip_gone",                 # live 0 while serving: ERR, no crash, no spin
     "control_watch_readonly",    # --control with gpiod: watch and get, set refused
+    "fast_path_gpiod",           # GET/SET_VALUE served in C: sim value, pull, watchers
+    "fast_path_gpiod_chip_gone", # ... and ERR once the chip is gone (as in Python)
 ])
 def test_gpiod_on_gpio_sim(sim_guest, name):
     _check(sim_guest, name)
@@ -100,3 +102,11 @@ def test_backend_unit_tests_run_unskipped(sim_guest):
 def test_whole_run_completed(sim_guest):
     assert sim_guest["rc"] == 0 and "done" in sim_guest["checks"], sim_guest["out"][-3000:]
     print(f"gpio-sim guest: boot {sim_guest['boot_s']:.1f} s, total {sim_guest['total_s']:.1f} s")
+
+
+def test_fast_path_figures(sim_guest):
+    """Figures (recorded with the checks, printed; no speed is asserted): GET_VALUE of a
+    gpiod input, C request path vs Python, interleaved rounds inside the TCG guest."""
+    c = _check(sim_guest, "fast_path_gpiod_figures")
+    print(f"gpiod GET_VALUE in the guest: C {c['c']}, Python {c['python']}; Python/C "
+          f"round trip x{c['ratio_round_trip']}, server CPU x{c['ratio_server_cpu']}")

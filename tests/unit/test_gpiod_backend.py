@@ -180,3 +180,70 @@ def test_chip_removed_while_serving(gpio_sim):
     with pytest.raises(BackendError, match="removed"):
         be.set_direction(1, DIR_OUT, 1)
     be.close()
+
+
+# ---- the C request path's chip mode (cffi_build/csrc/gpio_lines.c) --------------------------
+
+def _req(mtype: int, gpio: int, value: int = 0) -> bytes:
+    return (mtype.to_bytes(2, "little") + gpio.to_bytes(2, "little")
+            + value.to_bytes(4, "little"))
+
+
+GET, SET, SETDIR = 4, 5, 3          # VIRTIO_GPIO_MSG_GET_VALUE, SET_VALUE, SET_DIRECTION
+
+
+def test_chip_mode_hands_over_what_it_cannot_do():
+    """Chip mode without a chip (fds on which the uAPI ioctls fail, as on a removed chip):
+    GET_VALUE of an input and SET_VALUE of an output go to Python and change nothing;
+    SET_DIRECTION always does; an output's value and a stored value are C's."""
+    from vfio_virtio.gpio.lines_c import LineTable
+    r, w = os.pipe()
+    try:
+        t = LineTable(3)
+        t.set_chip([(r, 0), (r, 1), (w, 0)])
+        t.line(1).direction, t.line(1).value = 1, 1           # an output driving 1
+        assert t.handle(_req(GET, 0), 2) is None               # ENOTTY: to Python
+        assert t.handle(_req(SET, 1, 0), 2) is None
+        assert (t.line(1).value, t.take_changed()) == (1, [])  # nothing changed
+        assert t.handle(_req(GET, 1), 2) == b"\x00\x01"        # an output: its value
+        assert t.handle(_req(SET, 0, 1), 2) == b"\x00\x00"     # stored (5.17.6.5)
+        assert t.line(0).value == 1
+        assert t.handle(_req(SETDIR, 2, 1), 2) is None         # reconfigures: Python
+        assert t.handle(_req(GET, 7), 2) == b"\x01\x00"        # malformed: C answers ERR
+        t.set_python_only(True)
+        assert t.handle(_req(GET, 1), 2) is None and t.handle(_req(GET, 7), 2) is None
+        t.set_python_only(False)
+        assert t.handle(_req(GET, 1), 2) == b"\x00\x01"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_c_path_drives_the_real_chip(gpio_sim):
+    """The table's rules on a real chip, as the C request path runs them: SET_VALUE drives
+    the sim line, GET_VALUE reads the pull, the backend takes over C's output values (a
+    reconfiguration re-applies them, handover_state carries them) and a removed chip hands
+    the request to Python, which answers ERR."""
+    from vfio_virtio.gpio.controller import GpioController
+    path, sim_line, set_live = gpio_sim
+    be = GpiodBackend(path)
+    try:
+        ctl, t = GpioController(be), be.line_table
+        assert t is not None
+        assert ctl.handle(_req(SETDIR, 1, 1), 2) == b"\x00\x00"      # Python: reconfigure
+        assert t.handle(_req(SET, 1, 1), 2) == b"\x00\x00"           # C: the ioctl
+        assert _read(sim_line(1) + "/value") == "1"
+        _write(sim_line(0) + "/pull", "pull-up")
+        assert t.handle(_req(GET, 0), 2) == b"\x00\x01"
+        _write(sim_line(0) + "/pull", "pull-down")
+        assert t.handle(_req(GET, 0), 2) == b"\x00\x00"
+        assert ctl.handle(_req(SETDIR, 2, 1), 2) == b"\x00\x00"      # another line's config
+        assert _read(sim_line(1) + "/value") == "1"                   # keeps C's value
+        assert be.handover_state()["lines"][1] == [DIR_OUT, 1, "none"]
+        set_live(False)
+        for req in (_req(GET, 0), _req(SET, 1, 0)):
+            assert t.handle(req, 2) is None                           # ENODEV: to Python
+            assert ctl.handle(req, 2) == b"\x01\x00"                  # ERR, as before
+        assert t.handle(_req(GET, 1), 2) is None                      # gone: all Python
+    finally:
+        be.close()

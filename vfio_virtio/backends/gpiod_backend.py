@@ -9,6 +9,14 @@ re-applying the state the lines already have never touches them. Edge events of 
 request fd are gathered in one epoll fd that joins the server's poll loop
 (:meth:`fileno` / :meth:`read_events`).
 
+The C request path (``gpio/fastpath.py``) serves GET_VALUE and SET_VALUE itself: the
+protocol state lives in :attr:`line_table` (chip mode, ``cffi_build/csrc/gpio_lines.h``),
+and C calls GPIO_V2_LINE_GET_VALUES_IOCTL / GPIO_V2_LINE_SET_VALUES_IOCTL on the request
+fds. An output value C changed is taken over here (:meth:`_pull`) before anything reads or
+re-applies the lines' state, and watchers hear of it through an eventfd in the epoll set.
+While the lines are held (:meth:`adopt`), disowned, closed or the chip is gone, C sends
+every request to Python.
+
 The libgpiod Python binding is not used: it cannot adopt an existing line-request fd (its
 ``LineRequest`` is only made by ``Chip.request_lines``), and a handover passes the fds to a
 new process (:meth:`adopt`), which must drive them as they are.
@@ -101,6 +109,8 @@ class GpiodBackend(Backend):
     def __init__(self, path: str, offsets: list[int] | None = None, lines: int | None = None,
                  names: list[str] | None = None, *, _adopt: dict | None = None) -> None:
         self.path = path
+        self.line_table = None
+        self._efd = -1
         self._reqs: list[tuple[int, list[int]]] = []
         self._epoll: select.epoll | None = None
         self._gone = False
@@ -147,6 +157,15 @@ class GpiodBackend(Backend):
         self._epoll = select.epoll()
         for fd, _ in self._reqs:
             self._epoll.register(fd, select.EPOLLIN)
+        try:
+            from ..gpio.lines_c import LineTable
+        except ImportError:              # no C build: every request in Python
+            return
+        self.line_table = LineTable(len(self._offsets))
+        self.line_table.set_chip([(fd, j) for fd, g in self._reqs for j in range(len(g))])
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._efd, select.EPOLLIN)
+        self._c_mode()
 
     def _request(self, cfd: int, groups: list[list[int]], infos: list) -> None:
         used = [(o, i) for o, i in zip(self._offsets, infos) if i.flags & U.GPIO_V2_LINE_FLAG_USED]
@@ -202,6 +221,7 @@ class GpiodBackend(Backend):
 
     def handover_state(self) -> dict:
         """JSON-able description of the line requests (send with their fds, in order)."""
+        self._pull()
         return {"path": self.path, "offsets": list(self._offsets),
                 "groups": [list(g) for _, g in self._reqs],
                 "lines": [[self._dir[i], self._out[i], self._edge[i]]
@@ -210,11 +230,35 @@ class GpiodBackend(Backend):
     def commit(self) -> None:
         """End the hold of :meth:`adopt`: apply the state the device restored, if it differs."""
         self._hold = False
+        self._c_mode()
         self._apply()
 
     def disown(self) -> None:
         """The lines belong to another process now: make every later call a no-op."""
+        self._pull()
         self._disowned = True
+        self._c_mode()
+
+    # ---- the C request path's share ------------------------------------------------------
+    def _c_mode(self) -> None:
+        """C drives the lines only while this backend would (not held, disowned, closed
+        or gone)."""
+        if self.line_table is not None:
+            self.line_table.set_python_only(self._hold or self._disowned or self._gone
+                                            or not self._reqs)
+
+    def _pull(self) -> None:
+        """Take over the output values C drove (SET_VALUE served in C) and tell watchers."""
+        t = self.line_table
+        if t is None:
+            return
+        for i in t.take_changed():
+            if self._dir[i] != DIR_OUT:
+                continue
+            v = 1 if t.views[i].value else 0
+            self._out[i] = v
+            self._hw[i // U.GPIO_V2_LINES_MAX][1][i % U.GPIO_V2_LINES_MAX] = v
+            self._notify(i, "guest")
 
     # ---- helpers ----------------------------------------------------------------------
     def _group_config(self, k: int) -> tuple[list[int], list[int]]:
@@ -230,6 +274,7 @@ class GpiodBackend(Backend):
     def _fail(self, what: str, e: OSError) -> BackendError:
         if e.errno == errno.ENODEV and not self._gone:
             self._gone = True
+            self._c_mode()
             log.error("gpiochip %s went away: requests answer ERR until restart", self.path)
             self._drop_from_poll()
         return BackendError(e.errno, f"gpiochip {self.path}: {what} failed: "
@@ -240,6 +285,7 @@ class GpiodBackend(Backend):
             raise BackendError(errno.ENODEV, f"gpiochip {self.path} was removed")
 
     def _apply(self) -> None:
+        self._pull()
         if self._hold or self._disowned:
             return
         self._check_usable()
@@ -295,6 +341,7 @@ class GpiodBackend(Backend):
         self.check_direction(line, direction)
         if self._disowned:
             return
+        self._pull()
         old = (self._dir[line], self._out[line], self._edge[line])
         self._dir[line] = direction
         if direction == DIR_OUT:
@@ -310,6 +357,7 @@ class GpiodBackend(Backend):
     def get_value(self, line: int) -> int:
         self.check_line(line)
         self._check_usable()
+        self._pull()
         if self._dir[line] == DIR_OUT:
             return self._out[line]
         fd, bit = self._where(line)
@@ -323,6 +371,7 @@ class GpiodBackend(Backend):
         if self._disowned:
             return
         self._check_usable()
+        self._pull()
         v = 1 if value else 0
         if self._dir[line] == DIR_OUT and not self._hold:
             fd, bit = self._where(line)
@@ -341,6 +390,7 @@ class GpiodBackend(Backend):
             raise ValueError(f"bad edge {edge!r}")
         if self._disowned:
             return
+        self._pull()
         old = self._edge[line]
         self._edge[line] = edge
         try:
@@ -354,10 +404,19 @@ class GpiodBackend(Backend):
         return self._epoll.fileno() if self._epoll is not None else None
 
     def read_events(self) -> list[tuple[int, int]]:
-        if self._epoll is None or self._gone or self._disowned:
+        if self._epoll is None or self._disowned:
             return []
         out: list[tuple[int, int]] = []
         for fd, mask in self._epoll.poll(0):
+            if fd == self._efd:
+                try:
+                    os.eventfd_read(fd)
+                except OSError:
+                    pass
+                self._pull()
+                continue
+            if self._gone:
+                continue
             k = next((k for k, (f, _) in enumerate(self._reqs) if f == fd), None)
             if k is None:
                 continue
@@ -386,6 +445,7 @@ class GpiodBackend(Backend):
     def reset_lines(self) -> None:
         if self._disowned:
             return
+        self._pull()
         n = len(self._offsets)
         self._dir, self._out, self._edge = [DIR_IN] * n, [0] * n, [EDGE_NONE] * n
         if self._gone:
@@ -399,6 +459,7 @@ class GpiodBackend(Backend):
             self._notify(i, "reset")
 
     def line_info(self, line: int) -> dict:
+        self._pull()
         d = super().line_info(line)
         d["edge"] = self._edge[line]
         return d
@@ -408,17 +469,28 @@ class GpiodBackend(Backend):
         """Call ``cb(info)`` after every change the guest makes (source "guest"/"reset")
         and every input edge the chip reports (source "chip", only on lines whose edge
         detection the guest armed). Runs on the loop thread."""
+        self._pull()                        # what C changed before is old news
         with self._wlock:
             self._watchers.append(cb)
+            if self.line_table is not None:
+                self.line_table.set_notify_fd(self._efd)
 
     def remove_watcher(self, cb: Callable[[dict], None]) -> None:
         with self._wlock:
             if cb in self._watchers:
                 self._watchers.remove(cb)
+            if not self._watchers and self.line_table is not None:
+                self.line_table.set_notify_fd(-1)
 
     def close(self) -> None:
         """Close the request fds (the kernel releases the lines when the last reference,
         in this process or one they were handed to, is closed). Idempotent."""
+        if self.line_table is not None:
+            self.line_table.set_python_only(True)      # C must not touch closed fds
+            self.line_table.set_notify_fd(-1)
+        if self._efd >= 0:
+            os.close(self._efd)
+            self._efd = -1
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None

@@ -69,6 +69,26 @@ class LineTable:
         g.nchanged = 0
         return out
 
+    def set_chip(self, where: list[tuple[int, int]]) -> None:
+        """Chip mode: line ``i`` is bit ``where[i][1]`` of the line request fd ``where[i][0]``;
+        C then serves GET_VALUE / SET_VALUE with uAPI v2 ioctls on that fd (gpio_lines.h)."""
+        if len(where) != self.n:
+            raise ValueError(f"{len(where)} chip lines for a table of {self.n}")
+        chip = ffi.new("struct vv_gpio_chipline[]", self.n)
+        for i, (fd, bit) in enumerate(where):
+            chip[i].fd, chip[i].bit = fd, bit
+        self._chip = chip
+        self.g.chip = chip
+        self.g.mode = lib.VV_GPIO_MODE_CHIP
+
+    def set_python_only(self, on: bool) -> None:
+        """Send every request to Python (on), or back to the table's own mode."""
+        if on:
+            self.g.mode = lib.VV_GPIO_MODE_PYTHON
+        else:
+            self.g.mode = lib.VV_GPIO_MODE_CHIP if self.g.chip != ffi.NULL \
+                else lib.VV_GPIO_MODE_SIM
+
     def set_notify_fd(self, fd: int) -> None:
         """The eventfd C writes when a line first changes (-1: none)."""
         self.g.notify_fd = fd
