@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
-pkgs=(meson ninja-build pkg-config gcc libjson-c-dev libcmocka-dev dpkg-dev xz-utils zstd
+pkgs=(meson ninja-build pkg-config gcc linux-libc-dev libjson-c-dev libcmocka-dev dpkg-dev xz-utils zstd
       cpio kmod busybox-static python3-venv clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
