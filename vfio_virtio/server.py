@@ -297,13 +297,14 @@ class GpioServer:
         except OSError as e:
             log.error("vfu_run_ctx: %s", e)
         if self._detached(said):
-            pass
-        elif time.monotonic() - started >= CLIENT_IO_TIMEOUT:
+            return
+        if time.monotonic() - started >= CLIENT_IO_TIMEOUT:
             # a reply send ran into the timeout: the client does not read its replies.
             # Shut the connection; the library sees EOF.
             log.warning("client stalled for %.1f s: dropping it", time.monotonic() - started)
             _conn_setopt(self._poll_fd, None)
-        elif self.fast is not None:
+            return
+        if self.fast is not None:
             # further messages are served in C until the loop has other work (issue 15)
             rc = self.fast.serve(self.loop, self._poll_fd, CLIENT_IO_TIMEOUT)
             if not self._detached(False) and rc == 1:
