@@ -118,6 +118,24 @@ def check_basics(d: GpioDriver, chip: SimChip) -> None:
             expect(d.get_value(IN_) == v, f"pull {v}: GET_VALUE {d.get_value(IN_)}")
 
 
+def level_fires_while_active(d: GpioDriver, chip: SimChip, gpio: int, irq_type: int,
+                             active: int) -> None:
+    """A level interrupt (5.17: level types re-fire while the level holds): nothing while
+    the line is inactive, one event per held buffer while active, nothing once inactive."""
+    level = {1: "high", 0: "low"}
+    chip.pull(gpio, 1 - active)
+    d.set_irq_type(gpio, irq_type)
+    d.queue_irq(gpio)
+    no_event(d, f"level {level[1 - active]} on a level-{level[active]} line")
+    chip.pull(gpio, active)
+    one_event(d, gpio, f"level {level[active]}")
+    d.queue_irq(gpio)
+    one_event(d, gpio, f"level still {level[active]} re-fires")
+    chip.pull(gpio, 1 - active)
+    d.queue_irq(gpio)
+    no_event(d, f"level back {level[1 - active]}")
+
+
 def check_irqs(d: GpioDriver, chip: SimChip) -> None:
     T = G
     with check("irq_edge_rising"):
@@ -159,17 +177,7 @@ def check_irqs(d: GpioDriver, chip: SimChip) -> None:
             chip.pull(BOTH, v)
             one_event(d, BOTH, f"edge to {v}")
     with check("irq_level_high"):
-        chip.pull(HI, 0)
-        d.set_irq_type(HI, T.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH)
-        d.queue_irq(HI)
-        no_event(d, "level low on a level-high line")
-        chip.pull(HI, 1)
-        one_event(d, HI, "level high")
-        d.queue_irq(HI)
-        one_event(d, HI, "level still high re-fires")
-        chip.pull(HI, 0)
-        d.queue_irq(HI)
-        no_event(d, "level back low")
+        level_fires_while_active(d, chip, HI, T.VIRTIO_GPIO_IRQ_TYPE_LEVEL_HIGH, 1)
         d.set_irq_type(HI, T.VIRTIO_GPIO_IRQ_TYPE_NONE)
         d.events(timeout=5.0)
         # masked: a high pulse while no buffer is held is not latched
@@ -180,17 +188,7 @@ def check_irqs(d: GpioDriver, chip: SimChip) -> None:
         d.queue_irq(HI)
         no_event(d, "level pulse while masked (levels do not latch)")
     with check("irq_level_low"):
-        chip.pull(LO, 1)
-        d.set_irq_type(LO, T.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW)
-        d.queue_irq(LO)
-        no_event(d, "level high on a level-low line")
-        chip.pull(LO, 0)
-        one_event(d, LO, "level low")
-        d.queue_irq(LO)
-        one_event(d, LO, "level still low re-fires")
-        chip.pull(LO, 1)
-        d.queue_irq(LO)
-        no_event(d, "level back high")
+        level_fires_while_active(d, chip, LO, T.VIRTIO_GPIO_IRQ_TYPE_LEVEL_LOW, 0)
 
 
 def check_d3hot(d: GpioDriver, chip: SimChip) -> None:
